@@ -1,0 +1,3 @@
+module github.com/ananta-go/ananta
+
+go 1.26
