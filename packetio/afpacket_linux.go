@@ -1,0 +1,435 @@
+package packetio
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// AFPacketConfig configures an AF_PACKET port.
+type AFPacketConfig struct {
+	// Interface is the name of the interface to bind to, in the namespace
+	// of the calling thread. Required.
+	Interface string
+	// Headroom is the Off at which ReadBatch places packets. Default 0.
+	Headroom int
+	// BatchSize is the most messages one recvmmsg or sendmmsg call
+	// handles; longer batches are split. Default 64, at most 1024.
+	BatchSize int
+	// NextHop is the link-layer destination of every packet written, for
+	// example the router's MAC address (see LookupNeighbor). Its length
+	// must match the interface's hardware address. It may be empty on an
+	// interface without link-layer addresses (TUN, loopback-like) or for a
+	// port that only reads; WriteBatch then returns ErrNoNextHop on an
+	// interface that has them.
+	NextHop net.HardwareAddr
+	// FanoutGroup, when non-zero, joins the socket to the PACKET_FANOUT
+	// group with that ID (1 to 65535) in hash mode: the kernel spreads
+	// received packets over the group's sockets by flow hash, so that
+	// several workers each own one port on the same interface.
+	FanoutGroup int
+	// RecvBuffer and SendBuffer set the socket buffer sizes in bytes
+	// (SO_RCVBUFFORCE/SO_SNDBUFFORCE with CAP_NET_ADMIN, else capped by
+	// net.core.rmem_max/wmem_max). Zero keeps the kernel default.
+	RecvBuffer, SendBuffer int
+}
+
+const (
+	defaultBatchSize = 64
+	maxBatchSize     = 1024
+)
+
+func (c *AFPacketConfig) setDefaults() {
+	if c.BatchSize == 0 {
+		c.BatchSize = defaultBatchSize
+	}
+}
+
+// Validate reports whether the config, with its defaults applied, is usable.
+// Errors wrap ErrInvalidConfig. It does not look the interface up.
+func (c AFPacketConfig) Validate() error {
+	c.setDefaults()
+	switch {
+	case c.Interface == "" || len(c.Interface) >= unix.IFNAMSIZ:
+		return fmt.Errorf("%w: Interface must be a name of 1 to %d bytes, got %q", ErrInvalidConfig, unix.IFNAMSIZ-1, c.Interface)
+	case c.Headroom < 0:
+		return fmt.Errorf("%w: Headroom must be >= 0, got %d", ErrInvalidConfig, c.Headroom)
+	case c.BatchSize < 1 || c.BatchSize > maxBatchSize:
+		return fmt.Errorf("%w: BatchSize must be in [1, %d], got %d", ErrInvalidConfig, maxBatchSize, c.BatchSize)
+	case len(c.NextHop) > 8:
+		return fmt.Errorf("%w: NextHop must be at most 8 bytes, got %d", ErrInvalidConfig, len(c.NextHop))
+	case c.FanoutGroup < 0 || c.FanoutGroup > 0xffff:
+		return fmt.Errorf("%w: FanoutGroup must be in [0, 65535], got %d", ErrInvalidConfig, c.FanoutGroup)
+	case c.RecvBuffer < 0 || c.SendBuffer < 0:
+		return fmt.Errorf("%w: RecvBuffer and SendBuffer must be >= 0", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// AFPacket is a [Port] on a Linux AF_PACKET socket of type SOCK_DGRAM bound
+// to one interface. It reads the IPv4 and IPv6 packets the interface
+// receives for this host (unicast to its address, broadcast, multicast), not
+// the ones it sends (PACKET_IGNORE_OUTGOING), and writes IP packets with the
+// link-layer header the kernel builds for NextHop. The EtherType of each
+// written packet follows its IP version. recvmmsg and sendmmsg move a whole
+// batch per system call through headers preallocated in the port.
+type AFPacket struct {
+	cfg     AFPacketConfig
+	fd      *pollFD
+	ifindex int
+	hasL2   bool // the interface has link-layer addresses
+
+	// readMu guards the read-side fields below.
+	readMu sync.Mutex
+	rhdr   []unix.Mmsghdr
+	riov   []unix.Iovec
+	rcount int   // in: messages offered to recvmmsg
+	rn     int   // out: messages received
+	rerr   error // out: error other than EAGAIN
+	readFn func(fd uintptr) bool
+
+	// writeMu guards the write-side fields below.
+	writeMu  sync.Mutex
+	whdr     []unix.Mmsghdr
+	wiov     []unix.Iovec
+	sa4, sa6 unix.RawSockaddrLinklayer
+	wcount   int   // in: messages to send
+	wdone    int   // out: messages sent or dropped
+	wdropped int   // out: messages dropped by the kernel (ENOBUFS)
+	werr     error // out: error that stopped the batch
+	writeFn  func(fd uintptr) bool
+
+	rxPackets, rxBytes, rxTruncated, txPackets, txBytes, txDropped atomic.Uint64
+
+	// statsMu guards kernelDrops, which accumulates PACKET_STATISTICS
+	// (the kernel resets it on every read).
+	statsMu     sync.Mutex
+	kernelDrops uint64
+}
+
+// OpenAFPacket opens an AF_PACKET port on cfg.Interface in the network
+// namespace of the calling OS thread (see the package documentation). It
+// needs CAP_NET_RAW. Errors wrap ErrInvalidConfig for a bad config, or the
+// kernel's error.
+func OpenAFPacket(cfg AFPacketConfig) (*AFPacket, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	cfg.NextHop = append(net.HardwareAddr(nil), cfg.NextHop...)
+	ifi, err := net.InterfaceByName(cfg.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("packetio: interface %q: %w", cfg.Interface, err)
+	}
+	if len(cfg.NextHop) > 0 && len(cfg.NextHop) != len(ifi.HardwareAddr) {
+		return nil, fmt.Errorf("%w: NextHop %v has %d bytes, interface %s uses %d", ErrInvalidConfig, cfg.NextHop, len(cfg.NextHop), cfg.Interface, len(ifi.HardwareAddr))
+	}
+	// Protocol 0: the socket receives nothing until bind, after the filter
+	// and options are in place.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("packetio: socket(AF_PACKET): %w", err)
+	}
+	if err := setupPacketSocket(fd, ifi.Index, cfg); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	pfd, err := newPollFD(fd, "afpacket:"+cfg.Interface)
+	if err != nil {
+		return nil, err
+	}
+	p := &AFPacket{
+		cfg:     cfg,
+		fd:      pfd,
+		ifindex: ifi.Index,
+		hasL2:   len(ifi.HardwareAddr) > 0,
+		rhdr:    make([]unix.Mmsghdr, cfg.BatchSize),
+		riov:    make([]unix.Iovec, cfg.BatchSize),
+		whdr:    make([]unix.Mmsghdr, cfg.BatchSize),
+		wiov:    make([]unix.Iovec, cfg.BatchSize),
+	}
+	for i, sa := range []*unix.RawSockaddrLinklayer{&p.sa4, &p.sa6} {
+		sa.Family = unix.AF_PACKET
+		sa.Protocol = htons([]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6}[i])
+		sa.Ifindex = int32(ifi.Index)
+		sa.Halen = uint8(len(cfg.NextHop))
+		copy(sa.Addr[:], cfg.NextHop)
+	}
+	for i := range p.rhdr {
+		p.rhdr[i].Hdr.Iov = &p.riov[i]
+		p.rhdr[i].Hdr.SetIovlen(1)
+		p.whdr[i].Hdr.Iov = &p.wiov[i]
+		p.whdr[i].Hdr.SetIovlen(1)
+		p.whdr[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
+	}
+	// Bound once: passing a method value to RawConn.Read on every call
+	// would allocate.
+	p.readFn = p.recvmmsg
+	p.writeFn = p.sendmmsg
+	return p, nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// ipFilter is a classic BPF program that accepts IPv4 and IPv6 packets whose
+// packet type is host, broadcast or multicast, and drops everything else
+// (ARP, other hosts' unicast, outgoing copies) in the kernel.
+var ipFilter = []unix.SockFilter{
+	{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdOff + skfAdPkttype},
+	{Code: unix.BPF_JMP | unix.BPF_JGT | unix.BPF_K, Jt: 3, Jf: 0, K: unix.PACKET_MULTICAST},
+	{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdOff + skfAdProtocol},
+	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 2, Jf: 0, K: unix.ETH_P_IP},
+	{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 1, Jf: 0, K: unix.ETH_P_IPV6},
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0},
+	{Code: unix.BPF_RET | unix.BPF_K, K: 0x40000},
+}
+
+// Ancillary data offsets of classic BPF (linux/filter.h).
+const (
+	skfAdOff      = 0xfffff000 // -0x1000 as uint32
+	skfAdProtocol = 0
+	skfAdPkttype  = 4
+)
+
+func setupPacketSocket(fd, ifindex int, cfg AFPacketConfig) error {
+	prog := unix.SockFprog{Len: uint16(len(ipFilter)), Filter: &ipFilter[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+		return fmt.Errorf("packetio: SO_ATTACH_FILTER: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+		return fmt.Errorf("packetio: PACKET_IGNORE_OUTGOING: %w", err)
+	}
+	if err := setBuffer(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, cfg.RecvBuffer); err != nil {
+		return err
+	}
+	if err := setBuffer(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, cfg.SendBuffer); err != nil {
+		return err
+	}
+	sa := unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifindex}
+	if err := unix.Bind(fd, &sa); err != nil {
+		return fmt.Errorf("packetio: bind AF_PACKET to %s (index %d): %w", cfg.Interface, ifindex, err)
+	}
+	if cfg.FanoutGroup != 0 {
+		v := cfg.FanoutGroup | unix.PACKET_FANOUT_HASH<<16
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, v); err != nil {
+			return fmt.Errorf("packetio: PACKET_FANOUT group %d: %w", cfg.FanoutGroup, err)
+		}
+	}
+	return nil
+}
+
+func setBuffer(fd, force, plain, size int) error {
+	if size == 0 {
+		return nil
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, size); err == nil {
+		return nil
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, plain, size); err != nil {
+		return fmt.Errorf("packetio: socket buffer %d bytes: %w", size, err)
+	}
+	return nil
+}
+
+// Interface returns the name of the interface the port is bound to.
+func (p *AFPacket) Interface() string { return p.cfg.Interface }
+
+// Index returns the index of the interface the port is bound to.
+func (p *AFPacket) Index() int { return p.ifindex }
+
+// ReadBatch implements [Port.ReadBatch] with one recvmmsg call per batch of
+// up to BatchSize messages. It may also return a wrapped kernel error.
+func (p *AFPacket) ReadBatch(msgs []Message) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	h := p.cfg.Headroom
+	if err := checkRead(msgs, h); err != nil {
+		return 0, err
+	}
+	p.readMu.Lock()
+	defer p.readMu.Unlock()
+	if len(msgs) > len(p.rhdr) {
+		msgs = msgs[:len(p.rhdr)]
+	}
+	for {
+		for i := range msgs {
+			buf := msgs[i].Buf[h:]
+			p.riov[i].Base = &buf[0]
+			p.riov[i].SetLen(len(buf))
+			p.rhdr[i].Hdr.Flags = 0
+			p.rhdr[i].Len = 0
+		}
+		p.rcount, p.rn, p.rerr = len(msgs), 0, nil
+		err := p.fd.rc.Read(p.readFn)
+		if err == nil {
+			err = p.rerr
+		}
+		if err != nil {
+			return 0, p.fd.wrap("recvmmsg", err)
+		}
+		n, bytes, truncated := p.rn, 0, 0
+		for i := range n {
+			if p.rhdr[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+				truncated++
+				continue
+			}
+			msgs[i].Off, msgs[i].N = h, int(p.rhdr[i].Len)
+			bytes += msgs[i].N
+		}
+		if truncated > 0 {
+			n = compact(msgs[:n], func(i int) bool { return p.rhdr[i].Hdr.Flags&unix.MSG_TRUNC == 0 })
+			p.rxTruncated.Add(uint64(truncated))
+		}
+		p.rxPackets.Add(uint64(n))
+		p.rxBytes.Add(uint64(bytes))
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// recvmmsg is the RawConn.Read callback: it returns false to wait for the
+// socket to become readable.
+func (p *AFPacket) recvmmsg(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&p.rhdr[0])), uintptr(p.rcount), 0, 0, 0)
+		switch e {
+		case 0:
+			p.rn = int(n)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			p.rerr = e
+			return true
+		}
+	}
+}
+
+// WriteBatch implements [Port.WriteBatch] with one sendmmsg call per batch
+// of up to BatchSize messages. Packets the kernel drops for lack of buffer
+// space (ENOBUFS, a full transmit queue) count as sent and in
+// Stats.TxDropped, as a NIC drops. A packet larger than the interface MTU
+// stops the batch with an error matching ErrTooBig and unix.EMSGSIZE. It may
+// also return ErrNoNextHop or a wrapped kernel error.
+func (p *AFPacket) WriteBatch(msgs []Message) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	if p.fd.closed.Load() {
+		return 0, ErrClosed
+	}
+	if p.hasL2 && len(p.cfg.NextHop) == 0 {
+		return 0, ErrNoNextHop
+	}
+	sent := 0
+	for sent < len(msgs) {
+		k := 0
+		var invalid error
+		for k < len(p.whdr) && sent+k < len(msgs) {
+			pkt, err := checkWrite(&msgs[sent+k])
+			if err != nil {
+				invalid = err
+				break
+			}
+			p.wiov[k].Base = &pkt[0]
+			p.wiov[k].SetLen(len(pkt))
+			if pkt[0]>>4 == 4 {
+				p.whdr[k].Hdr.Name = (*byte)(unsafe.Pointer(&p.sa4))
+			} else {
+				p.whdr[k].Hdr.Name = (*byte)(unsafe.Pointer(&p.sa6))
+			}
+			k++
+		}
+		if k > 0 {
+			p.wcount, p.wdone, p.wdropped, p.werr = k, 0, 0, nil
+			err := p.fd.rc.Write(p.writeFn)
+			if err == nil {
+				err = p.werr
+			}
+			bytes := 0
+			for i := range p.wdone {
+				bytes += msgs[sent+i].N
+			}
+			p.txPackets.Add(uint64(p.wdone))
+			p.txBytes.Add(uint64(bytes))
+			p.txDropped.Add(uint64(p.wdropped))
+			sent += p.wdone
+			if err != nil {
+				return sent, p.fd.wrap("sendmmsg", err)
+			}
+		}
+		if invalid != nil {
+			return sent, invalid
+		}
+	}
+	return sent, nil
+}
+
+// sendmmsg is the RawConn.Write callback: it returns false to wait for the
+// socket to become writable.
+func (p *AFPacket) sendmmsg(fd uintptr) bool {
+	for p.wdone < p.wcount {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&p.whdr[p.wdone])), uintptr(p.wcount-p.wdone), 0, 0, 0)
+		switch e {
+		case 0:
+			p.wdone += int(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		case unix.ENOBUFS:
+			p.wdone++
+			p.wdropped++
+		default:
+			p.werr = e
+			return true
+		}
+	}
+	return true
+}
+
+// Stats implements [Port.Stats]. RxDropped is the kernel's count of packets
+// dropped because the socket's receive buffer was full.
+func (p *AFPacket) Stats() Stats {
+	p.statsMu.Lock()
+	defer p.statsMu.Unlock()
+	if !p.fd.closed.Load() {
+		var st *unix.TpacketStats
+		var err error
+		cerr := p.fd.rc.Control(func(fd uintptr) {
+			st, err = unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
+		})
+		if cerr == nil && err == nil {
+			p.kernelDrops += uint64(st.Drops)
+		}
+	}
+	return Stats{
+		RxPackets:   p.rxPackets.Load(),
+		RxBytes:     p.rxBytes.Load(),
+		TxPackets:   p.txPackets.Load(),
+		TxBytes:     p.txBytes.Load(),
+		RxDropped:   p.kernelDrops,
+		RxTruncated: p.rxTruncated.Load(),
+		TxDropped:   p.txDropped.Load(),
+	}
+}
+
+// Close implements [Port.Close].
+func (p *AFPacket) Close() error {
+	if err := p.fd.close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("packetio: close: %w", err)
+	}
+	return nil
+}
+
+var _ Port = (*AFPacket)(nil)
