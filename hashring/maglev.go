@@ -365,6 +365,9 @@ func (t *Table) Counts() []int { return slices.Clone(t.counts) }
 // non-nil; Changed returns an error matching ErrSizeMismatch if their sizes
 // differ.
 func Changed(a, b *Table) (int, error) {
+	if a == nil || b == nil {
+		return 0, errorf(ErrSizeMismatch, "cannot compare a nil table")
+	}
 	if a.size != b.size {
 		return 0, errorf(ErrSizeMismatch, "cannot compare tables of size %d and %d", a.size, b.size)
 	}
