@@ -135,29 +135,6 @@ type Packet struct {
 	routing bool
 }
 
-// layer is one parsed IP header (with IPv4 options or IPv6 extension
-// headers); offsets are relative to the slice given to parseIP.
-type layer struct {
-	src, dst  netip.Addr
-	l4, end   int // transport header; end of the packet's bytes in the slice
-	total     int // declared length
-	proto     uint8
-	version   uint8
-	frag      FragmentKind
-	df        bool
-	ttl, tos  uint8
-	routing   bool
-	ports     bool
-	flags     uint8
-	sport     uint16
-	dport     uint16
-	csum      int // transport checksum offset, 0 if none
-	icmpType  uint8
-	icmpCode  uint8
-	icmp      bool
-	icmpError bool
-}
-
 // Parse parses the IPv4 or IPv6 packet at the start of b into p, which it
 // overwrites. It returns
 //   - ErrTruncated if b ends before the IP header, IPv4 options, an IPv6
@@ -178,42 +155,40 @@ type layer struct {
 // and does not allocate.
 func Parse(b []byte, p *Packet) error {
 	*p = Packet{}
-	var l layer
-	if err := parseIP(b, &l, false); err != nil {
+	end, err := parseIP(b, p, false)
+	if err != nil {
 		return err
 	}
-	if err := transport(b[:l.end], &l, false); err != nil {
+	b = b[:end]
+	icmpError, err := transport(b, p, false)
+	if err != nil {
 		return err
 	}
-	p.Tuple = ananta.FiveTuple{Src: l.src, Dst: l.dst, SrcPort: l.sport, DstPort: l.dport, Proto: ananta.Protocol(l.proto)}
-	p.L4Offset, p.TotalLen = l.l4, l.total
-	p.Version, p.Fragment, p.DF, p.TTL, p.TOS = l.version, l.frag, l.df, l.ttl, l.tos
-	p.TCPFlags, p.ICMPType, p.ICMPCode = l.flags, l.icmpType, l.icmpCode
-	p.csum, p.ports, p.routing = l.csum, l.ports, l.routing
 	switch {
-	case l.icmpError:
-		return parseQuote(b[:l.end], l.l4+8, p)
-	case (l.proto == protoIPIP || l.proto == protoIPv6) && l.frag == NotFragment:
-		return parseTunnelled(b[:l.end], l.l4, p)
+	case icmpError:
+		return parseQuote(b, p.L4Offset+8, p)
+	case (p.Tuple.Proto == protoIPIP || p.Tuple.Proto == protoIPv6) && p.Fragment == NotFragment:
+		return parseTunnelled(b, p.L4Offset, p)
 	}
 	return nil
 }
 
 // parseQuote parses the packet quoted at b[q:] in an ICMP error.
 func parseQuote(b []byte, q int, p *Packet) error {
-	var in layer
-	if err := parseIP(b[q:], &in, true); err != nil {
+	var in Packet
+	end, err := parseIP(b[q:], &in, true)
+	if err != nil {
 		return err
 	}
-	if in.version != p.Version {
+	if in.Version != p.Version {
 		return errQuoteVersion
 	}
-	_ = transport(b[q:q+in.end], &in, true) // lenient: never fails
+	_, _ = transport(b[q:q+end], &in, true) // lenient: never fails
 	p.ICMPError = true
-	p.Inner = ananta.FiveTuple{Src: in.src, Dst: in.dst, SrcPort: in.sport, DstPort: in.dport, Proto: ananta.Protocol(in.proto)}
-	p.InnerOffset, p.InnerL4Offset = q, q+in.l4
+	p.Inner = in.Tuple
+	p.InnerOffset, p.InnerL4Offset = q, q+in.L4Offset
 	p.innerPorts = in.ports
-	if in.csum != 0 && in.proto != protoICMP { // ICMPv4 has no pseudo-header
+	if in.csum != 0 && in.Tuple.Proto != protoICMP { // ICMPv4 has no pseudo-header
 		p.innerCsum = q + in.csum
 	}
 	return nil
@@ -221,103 +196,107 @@ func parseQuote(b []byte, q int, p *Packet) error {
 
 // parseTunnelled parses the packet inside an IP-in-IP packet at b[off:].
 func parseTunnelled(b []byte, off int, p *Packet) error {
-	var in layer
-	if err := parseIP(b[off:], &in, false); err != nil {
+	var in Packet
+	end, err := parseIP(b[off:], &in, false)
+	if err != nil {
 		return err
 	}
-	if (in.version == 4) != (p.Tuple.Proto == protoIPIP) {
+	if (in.Version == 4) != (p.Tuple.Proto == protoIPIP) {
 		return errInnerVersion
 	}
-	if err := transport(b[off:off+in.end], &in, false); err != nil {
+	if _, err := transport(b[off:off+end], &in, false); err != nil {
 		return err
 	}
 	p.Encapsulated = true
-	p.Inner = ananta.FiveTuple{Src: in.src, Dst: in.dst, SrcPort: in.sport, DstPort: in.dport, Proto: ananta.Protocol(in.proto)}
-	p.InnerOffset, p.InnerL4Offset = off, off+in.l4
+	p.Inner = in.Tuple
+	p.InnerOffset, p.InnerL4Offset = off, off+in.L4Offset
 	return nil
 }
 
-// parseIP parses the IP header chain at the start of b. For a quoted packet
-// the declared length may exceed b: the packet ends with b.
-func parseIP(b []byte, l *layer, quoted bool) error {
+// parseIP parses the IP header chain at the start of b into the IP fields
+// of p (Version, TOS, TTL, DF, Fragment, Tuple addresses and protocol,
+// L4Offset, TotalLen, routing) and returns where the packet ends in b. For
+// a quoted packet the declared length may exceed b: the packet ends with b.
+func parseIP(b []byte, p *Packet, quoted bool) (end int, err error) {
 	if len(b) == 0 {
-		return errEmpty
+		return 0, errEmpty
 	}
 	switch b[0] >> 4 {
 	case 4:
-		return parseIPv4(b, l, quoted)
+		return parseIPv4(b, p, quoted)
 	case 6:
-		return parseIPv6(b, l, quoted)
+		return parseIPv6(b, p, quoted)
 	}
-	return ErrBadVersion
+	return 0, ErrBadVersion
 }
 
-func parseIPv4(b []byte, l *layer, quoted bool) error {
+func parseIPv4(b []byte, p *Packet, quoted bool) (int, error) {
 	if len(b) < 20 {
-		return errV4Short
+		return 0, errV4Short
 	}
 	hl := int(b[0]&0x0f) * 4
 	if hl < 20 {
-		return errIHLSmall
+		return 0, errIHLSmall
 	}
 	if hl > len(b) {
-		return errIHLPastEnd
+		return 0, errIHLPastEnd
 	}
 	total := int(binary.BigEndian.Uint16(b[2:]))
 	if total < hl {
-		return errTotalBelowHdr
+		return 0, errTotalBelowHdr
 	}
 	end := total
 	if total > len(b) {
 		if !quoted {
-			return errTotalPastEnd
+			return 0, errTotalPastEnd
 		}
 		end = len(b)
 	}
 	fo := binary.BigEndian.Uint16(b[6:])
 	switch {
 	case fo&0x1fff != 0:
-		l.frag = LaterFragment
+		p.Fragment = LaterFragment
 	case fo&0x2000 != 0:
-		l.frag = FirstFragment
+		p.Fragment = FirstFragment
 	}
-	l.version, l.tos, l.ttl, l.proto = 4, b[1], b[8], b[9]
-	l.df = fo&0x4000 != 0
-	l.src = netip.AddrFrom4([4]byte(b[12:16]))
-	l.dst = netip.AddrFrom4([4]byte(b[16:20]))
-	l.l4, l.end, l.total = hl, end, total
-	return nil
+	p.Version, p.TOS, p.TTL = 4, b[1], b[8]
+	p.DF = fo&0x4000 != 0
+	p.Tuple.Proto = ananta.Protocol(b[9])
+	p.Tuple.Src = netip.AddrFrom4([4]byte(b[12:16]))
+	p.Tuple.Dst = netip.AddrFrom4([4]byte(b[16:20]))
+	p.L4Offset, p.TotalLen = hl, total
+	return end, nil
 }
 
-func parseIPv6(b []byte, l *layer, quoted bool) error {
+func parseIPv6(b []byte, p *Packet, quoted bool) (int, error) {
 	if len(b) < 40 {
-		return errV6Short
+		return 0, errV6Short
 	}
 	total := 40 + int(binary.BigEndian.Uint16(b[4:]))
 	end := total
 	if total > len(b) {
 		if !quoted {
-			return errTotalPastEnd
+			return 0, errTotalPastEnd
 		}
 		end = len(b)
 	}
-	l.version, l.tos, l.ttl, l.df = 6, b[0]<<4|b[1]>>4, b[7], true
-	l.src = netip.AddrFrom16([16]byte(b[8:24]))
-	l.dst = netip.AddrFrom16([16]byte(b[24:40]))
-	l.total, l.end = total, end
-	nh, off, err := walkExtensions(b[:end], b[6], 40, l)
+	p.Version, p.TOS, p.TTL, p.DF = 6, b[0]<<4|b[1]>>4, b[7], true
+	p.Tuple.Src = netip.AddrFrom16([16]byte(b[8:24]))
+	p.Tuple.Dst = netip.AddrFrom16([16]byte(b[24:40]))
+	p.TotalLen = total
+	nh, off, err := walkExtensions(b[:end], b[6], 40, p)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	l.proto, l.l4 = nh, off
-	return nil
+	p.Tuple.Proto, p.L4Offset = ananta.Protocol(nh), off
+	return end, nil
 }
 
 // walkExtensions follows the IPv6 extension headers of b from next header
 // nh at offset off and returns the header that ends the chain and its
 // offset. It records a fragment header and a routing header with segments
-// left in l. A later fragment ends the walk at the fragment data.
-func walkExtensions(b []byte, nh uint8, off int, l *layer) (uint8, int, error) {
+// left in p. A later fragment ends the walk at the fragment data.
+func walkExtensions(b []byte, nh uint8, off int, p *Packet) (uint8, int, error) {
 	for range MaxExtensionHeaders {
 		var n int
 		switch nh {
@@ -327,7 +306,7 @@ func walkExtensions(b []byte, nh uint8, off int, l *layer) (uint8, int, error) {
 			}
 			n = (int(b[off+1]) + 1) * 8
 			if nh == protoRouting && b[off+3] != 0 {
-				l.routing = true
+				p.routing = true
 			}
 		case protoAH:
 			if off+8 > len(b) {
@@ -340,11 +319,11 @@ func walkExtensions(b []byte, nh uint8, off int, l *layer) (uint8, int, error) {
 			}
 			fo := binary.BigEndian.Uint16(b[off+2:])
 			if fo&0xfff8 != 0 {
-				l.frag = LaterFragment
+				p.Fragment = LaterFragment
 				return b[off], off + 8, nil
 			}
 			if fo&1 != 0 {
-				l.frag = FirstFragment
+				p.Fragment = FirstFragment
 			}
 			n = 8
 		default:
@@ -363,71 +342,72 @@ func walkExtensions(b []byte, nh uint8, off int, l *layer) (uint8, int, error) {
 	return nh, off, nil
 }
 
-// transport reads the transport header at b[l.l4:] (b ends with the
-// packet). A quoted transport header may be cut short: then only what is
-// there is read, and transport does not fail.
-func transport(b []byte, l *layer, quoted bool) error {
-	if l.frag == LaterFragment {
-		return nil
+// transport reads the transport header at b[p.L4Offset:] (b ends with the
+// packet) into the ports, TCP flags, ICMP type and code and checksum offset
+// of p, and reports an ICMP error message. A quoted transport header may be
+// cut short: then only what is there is read, and transport does not fail.
+func transport(b []byte, p *Packet, quoted bool) (icmpError bool, err error) {
+	if p.Fragment == LaterFragment {
+		return false, nil
 	}
-	off := l.l4
-	switch l.proto {
+	off := p.L4Offset
+	switch p.Tuple.Proto {
 	case protoTCP:
 		if quoted {
 			if off+8 <= len(b) {
-				l.sport, l.dport, l.ports = binary.BigEndian.Uint16(b[off:]), binary.BigEndian.Uint16(b[off+2:]), true
+				p.Tuple.SrcPort, p.Tuple.DstPort, p.ports = binary.BigEndian.Uint16(b[off:]), binary.BigEndian.Uint16(b[off+2:]), true
 			}
 			if off+18 <= len(b) {
-				l.csum = off + 16
+				p.csum = off + 16
 			}
-			return nil
+			return false, nil
 		}
 		if off+20 > len(b) {
-			return errTCPShort
+			return false, errTCPShort
 		}
 		doff := int(b[off+12]>>4) * 4
 		if doff < 20 {
-			return errTCPOffSmall
+			return false, errTCPOffSmall
 		}
 		if off+doff > len(b) {
-			return errTCPOffPastEnd
+			return false, errTCPOffPastEnd
 		}
-		l.sport, l.dport, l.ports = binary.BigEndian.Uint16(b[off:]), binary.BigEndian.Uint16(b[off+2:]), true
-		l.flags = b[off+13]
-		l.csum = off + 16
+		p.Tuple.SrcPort, p.Tuple.DstPort, p.ports = binary.BigEndian.Uint16(b[off:]), binary.BigEndian.Uint16(b[off+2:]), true
+		p.TCPFlags = b[off+13]
+		p.csum = off + 16
 	case protoUDP:
 		if off+8 > len(b) {
 			if quoted {
-				return nil
+				return false, nil
 			}
-			return errUDPShort
+			return false, errUDPShort
 		}
-		if !quoted && l.frag == NotFragment {
+		if !quoted && p.Fragment == NotFragment {
 			if ulen := int(binary.BigEndian.Uint16(b[off+4:])); ulen < 8 || off+ulen > len(b) {
-				return errUDPLength
+				return false, errUDPLength
 			}
 		}
-		l.sport, l.dport, l.ports = binary.BigEndian.Uint16(b[off:]), binary.BigEndian.Uint16(b[off+2:]), true
-		l.csum = off + 6
+		p.Tuple.SrcPort, p.Tuple.DstPort, p.ports = binary.BigEndian.Uint16(b[off:]), binary.BigEndian.Uint16(b[off+2:]), true
+		p.csum = off + 6
 	case protoICMP, protoICMPv6:
-		if (l.proto == protoICMP) != (l.version == 4) {
-			return nil // ICMP in IPv6 or ICMPv6 in IPv4: an unknown protocol
+		if (p.Tuple.Proto == protoICMP) != (p.Version == 4) {
+			return false, nil // ICMP in IPv6 or ICMPv6 in IPv4: an unknown protocol
 		}
 		if quoted {
 			if off+4 <= len(b) {
-				l.icmp, l.icmpType, l.icmpCode = true, b[off], b[off+1]
-				l.csum = off + 2
+				p.ICMPType, p.ICMPCode = b[off], b[off+1]
+				p.csum = off + 2
 			}
-			return nil
+			return false, nil
 		}
 		if off+8 > len(b) {
-			return errICMPShort
+			return false, errICMPShort
 		}
-		l.icmp, l.icmpType, l.icmpCode = true, b[off], b[off+1]
-		l.csum = off + 2
-		l.icmpError = isICMPError(l.version, l.icmpType)
+		p.ICMPType, p.ICMPCode = b[off], b[off+1]
+		p.csum = off + 2
+		return isICMPError(p.Version, p.ICMPType), nil
 	}
-	return nil
+	return false, nil
 }
 
 // isICMPError reports whether an ICMP (version 4) or ICMPv6 (version 6)

@@ -173,27 +173,30 @@ func Decap(b []byte) (inner []byte, outerSrc netip.Addr, err error) {
 	if len(b) == 0 {
 		return nil, netip.Addr{}, errEmpty
 	}
-	var l layer
+	var (
+		l   Packet
+		end int
+	)
 	switch b[0] >> 4 {
 	case 4:
-		if err := parseIPv4(b, &l, false); err != nil {
+		if end, err = parseIPv4(b, &l, false); err != nil {
 			return nil, netip.Addr{}, err
 		}
-		if l.frag == NotFragment && Checksum(b[:l.l4]) != 0 {
+		if l.Fragment == NotFragment && Checksum(b[:l.L4Offset]) != 0 {
 			return nil, netip.Addr{}, errOuterChecksum
 		}
 	case 6:
-		if err := parseIPv6(b, &l, false); err != nil {
+		if end, err = parseIPv6(b, &l, false); err != nil {
 			return nil, netip.Addr{}, err
 		}
 	default:
 		return nil, netip.Addr{}, ErrBadVersion
 	}
-	if l.frag != NotFragment {
+	if l.Fragment != NotFragment {
 		return nil, netip.Addr{}, errOuterFragment
 	}
-	in := b[l.l4:l.end]
-	switch l.proto {
+	in := b[l.L4Offset:end]
+	switch l.Tuple.Proto {
 	case protoIPIP:
 		if len(in) == 0 || in[0]>>4 != 4 {
 			return nil, netip.Addr{}, errInnerVersion
@@ -211,12 +214,12 @@ func Decap(b []byte) (inner []byte, outerSrc netip.Addr, err error) {
 	default:
 		return nil, netip.Addr{}, errNotTunnel
 	}
-	if outer := l.tos & 3; outer == ecnCE || outer == ecnECT1 {
+	if outer := l.TOS & 3; outer == ecnCE || outer == ecnECT1 {
 		if err := decapECN(in, outer); err != nil {
 			return nil, netip.Addr{}, err
 		}
 	}
-	return in, l.src, nil
+	return in, l.Tuple.Src, nil
 }
 
 // ECN codepoints (RFC 3168).
