@@ -164,8 +164,9 @@ func updateTransport(c []byte, proto ananta.Protocol, version uint8, d uint32) {
 // port 0 keeps the quoted port; it is ignored when the quote does not hold
 // the ports. A quoted UDP checksum of 0 stays 0.
 //
-// It returns ErrUnsupported if p is not an ICMP error or f is neither Src
-// nor Dst, ErrFamily if addr is not of the packet's family, and ErrBadHeader
+// It returns ErrUnsupported if p is not an ICMP error, f is neither Src
+// nor Dst, or for a destination rewrite of a quoted IPv6 packet whose
+// routing header has segments left; ErrFamily if addr is not of the packet's family, and ErrBadHeader
 // if p does not fit b. On error the packet is unchanged. It does not
 // allocate.
 func RewriteQuoted(b []byte, p *Packet, f Field, addr netip.Addr, port uint16) error {
@@ -203,6 +204,9 @@ func RewriteQuoted(b []byte, p *Packet, f Field, addr netip.Addr, port uint16) e
 		}
 		if q+40 > p.TotalLen {
 			return errPacketMismatch
+		}
+		if f == Dst && p.innerRouting {
+			return errRoutingHeader
 		}
 		a := addr.As16()
 		off := q + 8 + 16*int(f)

@@ -130,9 +130,9 @@ type Packet struct {
 	innerCsum int
 	// ports: Tuple ports are real; innerPorts: Inner ports are real.
 	ports, innerPorts bool
-	// routing: an IPv6 routing header with segments left, so the transport
-	// pseudo-header holds another destination.
-	routing bool
+	// routing, innerRouting: an IPv6 routing header with segments left, so
+	// the transport pseudo-header holds another destination.
+	routing, innerRouting bool
 }
 
 // Parse parses the IPv4 or IPv6 packet at the start of b into p, which it
@@ -187,7 +187,7 @@ func parseQuote(b []byte, q int, p *Packet) error {
 	p.ICMPError = true
 	p.Inner = in.Tuple
 	p.InnerOffset, p.InnerL4Offset = q, q+in.L4Offset
-	p.innerPorts = in.ports
+	p.innerPorts, p.innerRouting = in.ports, in.routing
 	if in.csum != 0 && in.Tuple.Proto != protoICMP { // ICMPv4 has no pseudo-header
 		p.innerCsum = q + in.csum
 	}
