@@ -55,6 +55,16 @@ func FuzzParse(f *testing.F) {
 		if n, err := TooBig(out[:], b, from, MinMTUIPv6); err == nil && (n < 28 || n > MaxTooBigIPv6) {
 			t.Fatalf("TooBig returned %d bytes", n)
 		}
+		// NeedsTooBig promises that TooBig answers.
+		if err == nil {
+			for _, pathMTU := range []int{p.TotalLen + 19, p.TotalLen + 39, MinMTUIPv4 + 20, MinMTUIPv6 + 40} {
+				if NeedsTooBig(&p, 20, pathMTU) {
+					if n, err := TooBig(out[:], b, from, pathMTU-20); err != nil || n == 0 {
+						t.Fatalf("NeedsTooBig(%d) but TooBig: %v", pathMTU, err)
+					}
+				}
+			}
+		}
 	})
 }
 

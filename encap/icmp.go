@@ -22,14 +22,25 @@ const (
 var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
 // NeedsTooBig reports whether p, after adding overhead bytes of outer
-// headers, exceeds pathMTU and TooBig may answer it: IPv4 with DF or IPv6;
-// not an ICMP error; not a later IPv4 fragment; from a unicast source. The
-// MTU to report is pathMTU - overhead.
+// headers, exceeds pathMTU and TooBig(out, pkt, from, pathMTU-overhead)
+// will answer it: IPv4 with DF or IPv6; not an ICMP error; not a later IPv4
+// fragment; from a unicast source; and the MTU left, pathMTU - overhead, at
+// least the minimum MTU of p's family (MinMTUIPv4, MinMTUIPv6).
 //
-// A packet that exceeds pathMTU but does not qualify must be dropped, or, for
-// IPv4 without DF, fragmented.
+// A packet that exceeds pathMTU but does not qualify must be dropped or
+// fragmented: an IPv4 packet without DF may be fragmented before
+// encapsulation, and when the MTU left is below the minimum (an IPv6
+// packet over an IPv6 tunnel whose path MTU is 1280) the tunnel packet
+// itself must be fragmented (RFC 2473 section 7.1, RFC 4459).
 func NeedsTooBig(p *Packet, overhead, pathMTU int) bool {
-	return p.TotalLen+overhead > pathMTU && mayAnswer(p) == nil
+	mtu := pathMTU - overhead
+	if p.TotalLen <= mtu || mtu > 0xffff {
+		return false
+	}
+	if (p.Version == 4 && mtu < MinMTUIPv4) || (p.Version == 6 && mtu < MinMTUIPv6) {
+		return false
+	}
+	return mayAnswer(p) == nil
 }
 
 // mayAnswer says whether an ICMP error may answer p (RFC 1122 3.2.2, RFC 1812

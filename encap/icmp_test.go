@@ -188,6 +188,10 @@ func TestNeedsTooBig(t *testing.T) {
 		{"no-df", noDF, 20, 1500, false},
 		{"v6-too-big", v6, 40, 1500, true},
 		{"v6-fits", v6, 40, 1540, false},
+		{"v6-mtu-left-below-1280", v6, 40, 1319, false},
+		{"v6-mtu-left-1280", v6, 40, 1320, true},
+		{"v4-mtu-left-below-68", df, 20, 87, false},
+		{"v4-mtu-left-68", df, 20, 88, true},
 	}
 	for _, tt := range tests {
 		if got := NeedsTooBig(tt.p, tt.overhead, tt.mtu); got != tt.want {
