@@ -1,6 +1,7 @@
 package packetio
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -71,40 +72,70 @@ func (c AFPacketConfig) Validate() error {
 	return nil
 }
 
-// AFPacket is a [Port] on a Linux AF_PACKET socket of type SOCK_DGRAM bound
-// to one interface. It reads the IPv4 and IPv6 packets the interface
-// receives for this host (unicast to its address, broadcast, multicast), not
-// the ones it sends (PACKET_IGNORE_OUTGOING), and writes IP packets with the
-// link-layer header the kernel builds for NextHop. The EtherType of each
-// written packet follows its IP version. recvmmsg and sendmmsg move a whole
-// batch per system call through headers preallocated in the port.
+// AFPacket is a [Port] on a Linux AF_PACKET socket bound to one interface.
+// It reads the IPv4 and IPv6 packets the interface receives for this host
+// (unicast to its address, broadcast, multicast), not the ones it sends
+// (PACKET_IGNORE_OUTGOING), and writes IP packets to NextHop. The EtherType
+// of each written packet follows its IP version. recvmmsg and sendmmsg move
+// a whole batch per system call through headers preallocated in the port.
+//
+// The socket is of type SOCK_RAW, because only raw packet sockets carry the
+// virtio-net header used below, but the port carries IP packets like a
+// SOCK_DGRAM ("cooked") socket: scatter/gather I/O puts the link-layer
+// header (14 bytes on Ethernet, none on TUN-like interfaces) in a buffer of
+// the port's own, and the port builds it from NextHop and the interface's
+// address (read once, at open) when writing. Interfaces of other link types
+// are refused.
+//
+// # Offloads
+//
+// Packets that the kernel has not finished are fixed or dropped on
+// reading, so that ReadBatch returns packets as they would be on a wire:
+//
+//   - A packet whose transport checksum was left to offload
+//     (CHECKSUM_PARTIAL: typical of packets a local stack sent through a
+//     veth pair, even after forwarding) gets its checksum computed in
+//     software; the port learns this per packet from a virtio-net header
+//     (PACKET_VNET_HDR).
+//   - A segmentation-offload super-packet (GSO from a local stack over veth,
+//     GRO on the receiving interface; up to 64 KiB with one IP header) is
+//     dropped and counted in Stats.RxGSO. Turn these offloads off with
+//     DisableOffloads: on the port's own interface (GRO) and, for a veth,
+//     on the peer that transmits into it (TSO/GSO).
 type AFPacket struct {
 	cfg     AFPacketConfig
 	fd      *pollFD
 	ifindex int
+	l2len   int  // link-layer header length: 14 or 0
 	hasL2   bool // the interface has link-layer addresses
+	niov    int  // iovecs per message: virtio-net header, [link header,] packet
 
 	// readMu guards the read-side fields below.
 	readMu sync.Mutex
 	rhdr   []unix.Mmsghdr
 	riov   []unix.Iovec
+	rvnet  []vnetHdr
+	rl2    [][ethHdrLen]byte
 	rcount int   // in: messages offered to recvmmsg
 	rn     int   // out: messages received
 	rerr   error // out: error other than EAGAIN
 	readFn func(fd uintptr) bool
 
 	// writeMu guards the write-side fields below.
-	writeMu  sync.Mutex
-	whdr     []unix.Mmsghdr
-	wiov     []unix.Iovec
-	sa4, sa6 unix.RawSockaddrLinklayer
-	wcount   int   // in: messages to send
-	wdone    int   // out: messages sent or dropped
-	wdropped int   // out: messages dropped by the kernel (ENOBUFS)
-	werr     error // out: error that stopped the batch
-	writeFn  func(fd uintptr) bool
+	writeMu    sync.Mutex
+	whdr       []unix.Mmsghdr
+	wiov       []unix.Iovec
+	wvnet      vnetHdr // all zero: no offload requested
+	eth4, eth6 [ethHdrLen]byte
+	sa4, sa6   unix.RawSockaddrLinklayer
+	wcount     int   // in: messages to send
+	wdone      int   // out: messages sent or dropped
+	wdropped   int   // out: messages dropped by the kernel (ENOBUFS)
+	wdbytes    int   // out: their bytes
+	werr       error // out: error that stopped the batch
+	writeFn    func(fd uintptr) bool
 
-	rxPackets, rxBytes, rxTruncated, txPackets, txBytes, txDropped atomic.Uint64
+	rxPackets, rxBytes, rxTruncated, rxGSO, txPackets, txBytes, txDropped atomic.Uint64
 
 	// statsMu guards kernelDrops, which accumulates PACKET_STATISTICS
 	// (the kernel resets it on every read).
@@ -112,10 +143,12 @@ type AFPacket struct {
 	kernelDrops uint64
 }
 
+const ethHdrLen = 14
+
 // OpenAFPacket opens an AF_PACKET port on cfg.Interface in the network
 // namespace of the calling OS thread (see the package documentation). It
-// needs CAP_NET_RAW. Errors wrap ErrInvalidConfig for a bad config, or the
-// kernel's error.
+// needs CAP_NET_RAW. Errors wrap ErrInvalidConfig for a bad config or an
+// unsupported interface, or the kernel's error.
 func OpenAFPacket(cfg AFPacketConfig) (*AFPacket, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -131,11 +164,15 @@ func OpenAFPacket(cfg AFPacketConfig) (*AFPacket, error) {
 	}
 	// Protocol 0: the socket receives nothing until bind, after the filter
 	// and options are in place.
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("packetio: socket(AF_PACKET): %w", err)
 	}
-	if err := setupPacketSocket(fd, ifi.Index, cfg); err != nil {
+	l2len, err := linkHeaderLen(fd, cfg.Interface, ifi.HardwareAddr)
+	if err == nil {
+		err = setupPacketSocket(fd, ifi.Index, cfg)
+	}
+	if err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -147,24 +184,47 @@ func OpenAFPacket(cfg AFPacketConfig) (*AFPacket, error) {
 		cfg:     cfg,
 		fd:      pfd,
 		ifindex: ifi.Index,
+		l2len:   l2len,
 		hasL2:   len(ifi.HardwareAddr) > 0,
+		niov:    2,
 		rhdr:    make([]unix.Mmsghdr, cfg.BatchSize),
-		riov:    make([]unix.Iovec, cfg.BatchSize),
+		rvnet:   make([]vnetHdr, cfg.BatchSize),
+		rl2:     make([][ethHdrLen]byte, cfg.BatchSize),
 		whdr:    make([]unix.Mmsghdr, cfg.BatchSize),
-		wiov:    make([]unix.Iovec, cfg.BatchSize),
 	}
+	if l2len > 0 {
+		p.niov = 3
+	}
+	p.riov = make([]unix.Iovec, p.niov*cfg.BatchSize)
+	p.wiov = make([]unix.Iovec, p.niov*cfg.BatchSize)
+	for i, eth := range []*[ethHdrLen]byte{&p.eth4, &p.eth6} {
+		copy(eth[0:6], cfg.NextHop)
+		copy(eth[6:12], ifi.HardwareAddr)
+		binary.BigEndian.PutUint16(eth[12:], [2]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6}[i])
+	}
+	// The kernel takes the protocol of a raw frame from the address.
 	for i, sa := range []*unix.RawSockaddrLinklayer{&p.sa4, &p.sa6} {
 		sa.Family = unix.AF_PACKET
-		sa.Protocol = htons([]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6}[i])
+		sa.Protocol = htons([2]uint16{unix.ETH_P_IP, unix.ETH_P_IPV6}[i])
 		sa.Ifindex = int32(ifi.Index)
 		sa.Halen = uint8(len(cfg.NextHop))
 		copy(sa.Addr[:], cfg.NextHop)
 	}
 	for i := range p.rhdr {
-		p.rhdr[i].Hdr.Iov = &p.riov[i]
-		p.rhdr[i].Hdr.SetIovlen(1)
-		p.whdr[i].Hdr.Iov = &p.wiov[i]
-		p.whdr[i].Hdr.SetIovlen(1)
+		riov, wiov := p.riov[p.niov*i:], p.wiov[p.niov*i:]
+		riov[0].Base = &p.rvnet[i][0]
+		riov[0].SetLen(vnetHdrLen)
+		wiov[0].Base = &p.wvnet[0]
+		wiov[0].SetLen(vnetHdrLen)
+		if l2len > 0 {
+			riov[1].Base = &p.rl2[i][0]
+			riov[1].SetLen(l2len)
+			wiov[1].SetLen(l2len) // Base set per packet: eth4 or eth6
+		}
+		p.rhdr[i].Hdr.Iov = &riov[0]
+		p.rhdr[i].Hdr.SetIovlen(p.niov)
+		p.whdr[i].Hdr.Iov = &wiov[0]
+		p.whdr[i].Hdr.SetIovlen(p.niov)
 		p.whdr[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
 	}
 	// Bound once: passing a method value to RawConn.Read on every call
@@ -172,6 +232,27 @@ func OpenAFPacket(cfg AFPacketConfig) (*AFPacket, error) {
 	p.readFn = p.recvmmsg
 	p.writeFn = p.sendmmsg
 	return p, nil
+}
+
+// linkHeaderLen returns the length of the interface's link-layer header:
+// 14 for Ethernet (veth, physical NICs, loopback), 0 for interfaces without
+// one (TUN). Other link types wrap ErrInvalidConfig.
+func linkHeaderLen(fd int, name string, hw net.HardwareAddr) (int, error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, fmt.Errorf("%w: interface %q: %w", ErrInvalidConfig, name, err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFHWADDR, ifr); err != nil {
+		return 0, fmt.Errorf("packetio: SIOCGIFHWADDR %q: %w", name, err)
+	}
+	switch typ := ifr.Uint16(); {
+	case (typ == unix.ARPHRD_ETHER || typ == unix.ARPHRD_LOOPBACK) && len(hw) == 6:
+		return ethHdrLen, nil
+	case typ == unix.ARPHRD_NONE && len(hw) == 0:
+		return 0, nil
+	default:
+		return 0, fmt.Errorf("%w: interface %q has link type %d; want Ethernet or none (TUN)", ErrInvalidConfig, name, typ)
+	}
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -203,6 +284,9 @@ func setupPacketSocket(fd, ifindex int, cfg AFPacketConfig) error {
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		return fmt.Errorf("packetio: PACKET_IGNORE_OUTGOING: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+		return fmt.Errorf("packetio: PACKET_VNET_HDR: %w", err)
 	}
 	if err := setBuffer(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, cfg.RecvBuffer); err != nil {
 		return err
@@ -260,8 +344,9 @@ func (p *AFPacket) ReadBatch(msgs []Message) (int, error) {
 	for {
 		for i := range msgs {
 			buf := msgs[i].Buf[h:]
-			p.riov[i].Base = &buf[0]
-			p.riov[i].SetLen(len(buf))
+			iov := &p.riov[p.niov*i+p.niov-1]
+			iov.Base = &buf[0]
+			iov.SetLen(len(buf))
 			p.rhdr[i].Hdr.Flags = 0
 			p.rhdr[i].Len = 0
 		}
@@ -273,18 +358,29 @@ func (p *AFPacket) ReadBatch(msgs []Message) (int, error) {
 		if err != nil {
 			return 0, p.fd.wrap("recvmmsg", err)
 		}
-		n, bytes, truncated := p.rn, 0, 0
+		n, bytes, dropped := p.rn, 0, 0
 		for i := range n {
-			if p.rhdr[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
-				truncated++
+			v := &p.rvnet[i]
+			switch {
+			case v.gsoType() != unix.VIRTIO_NET_HDR_GSO_NONE:
+				p.rxGSO.Add(1)
+			case p.rhdr[i].Hdr.Flags&unix.MSG_TRUNC != 0 || int(p.rhdr[i].Len) <= vnetHdrLen+p.l2len:
+				p.rxTruncated.Add(1)
+			default:
+				m := &msgs[i]
+				m.Off, m.N = h, int(p.rhdr[i].Len)-vnetHdrLen-p.l2len
+				if v.flags()&unix.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+					// csum_start counts from the link-layer header.
+					completeChecksum(m.Buf[h:h+m.N], int(v.csumStart())-p.l2len, int(v.csumOffset()))
+				}
+				bytes += m.N
 				continue
 			}
-			msgs[i].Off, msgs[i].N = h, int(p.rhdr[i].Len)
-			bytes += msgs[i].N
+			dropped++
+			p.rvnet[i][0] = 0xff // marks the message for compaction
 		}
-		if truncated > 0 {
-			n = compact(msgs[:n], func(i int) bool { return p.rhdr[i].Hdr.Flags&unix.MSG_TRUNC == 0 })
-			p.rxTruncated.Add(uint64(truncated))
+		if dropped > 0 {
+			n = compact(msgs[:n], func(i int) bool { return p.rvnet[i][0] != 0xff })
 		}
 		p.rxPackets.Add(uint64(n))
 		p.rxBytes.Add(uint64(bytes))
@@ -316,8 +412,8 @@ func (p *AFPacket) recvmmsg(fd uintptr) bool {
 
 // WriteBatch implements [Port.WriteBatch] with one sendmmsg call per batch
 // of up to BatchSize messages. Packets the kernel drops for lack of buffer
-// space (ENOBUFS, a full transmit queue) count as sent and in
-// Stats.TxDropped, as a NIC drops. A packet larger than the interface MTU
+// space (ENOBUFS, a full transmit queue) count as written (n includes them)
+// and in Stats.TxDropped instead of TxPackets, as a NIC drops. A packet larger than the interface MTU
 // stops the batch with an error matching ErrTooBig and unix.EMSGSIZE. It may
 // also return ErrNoNextHop or a wrapped kernel error.
 func (p *AFPacket) WriteBatch(msgs []Message) (int, error) {
@@ -342,17 +438,21 @@ func (p *AFPacket) WriteBatch(msgs []Message) (int, error) {
 				invalid = err
 				break
 			}
-			p.wiov[k].Base = &pkt[0]
-			p.wiov[k].SetLen(len(pkt))
-			if pkt[0]>>4 == 4 {
-				p.whdr[k].Hdr.Name = (*byte)(unsafe.Pointer(&p.sa4))
-			} else {
-				p.whdr[k].Hdr.Name = (*byte)(unsafe.Pointer(&p.sa6))
+			iov := p.wiov[p.niov*k : p.niov*(k+1)]
+			iov[p.niov-1].Base = &pkt[0]
+			iov[p.niov-1].SetLen(len(pkt))
+			sa, eth := &p.sa4, &p.eth4
+			if pkt[0]>>4 == 6 {
+				sa, eth = &p.sa6, &p.eth6
+			}
+			p.whdr[k].Hdr.Name = (*byte)(unsafe.Pointer(sa))
+			if p.l2len > 0 {
+				iov[1].Base = &eth[0]
 			}
 			k++
 		}
 		if k > 0 {
-			p.wcount, p.wdone, p.wdropped, p.werr = k, 0, 0, nil
+			p.wcount, p.wdone, p.wdropped, p.wdbytes, p.werr = k, 0, 0, 0, nil
 			err := p.fd.rc.Write(p.writeFn)
 			if err == nil {
 				err = p.werr
@@ -361,7 +461,8 @@ func (p *AFPacket) WriteBatch(msgs []Message) (int, error) {
 			for i := range p.wdone {
 				bytes += msgs[sent+i].N
 			}
-			p.txPackets.Add(uint64(p.wdone))
+			p.txPackets.Add(uint64(p.wdone - p.wdropped))
+			bytes -= p.wdbytes
 			p.txBytes.Add(uint64(bytes))
 			p.txDropped.Add(uint64(p.wdropped))
 			sent += p.wdone
@@ -388,8 +489,9 @@ func (p *AFPacket) sendmmsg(fd uintptr) bool {
 		case unix.EAGAIN:
 			return false
 		case unix.ENOBUFS:
-			p.wdone++
 			p.wdropped++
+			p.wdbytes += int(p.wiov[p.niov*p.wdone+p.niov-1].Len)
+			p.wdone++
 		default:
 			p.werr = e
 			return true
@@ -420,6 +522,7 @@ func (p *AFPacket) Stats() Stats {
 		TxBytes:     p.txBytes.Load(),
 		RxDropped:   p.kernelDrops,
 		RxTruncated: p.rxTruncated.Load(),
+		RxGSO:       p.rxGSO.Load(),
 		TxDropped:   p.txDropped.Load(),
 	}
 }
@@ -433,3 +536,54 @@ func (p *AFPacket) Close() error {
 }
 
 var _ Port = (*AFPacket)(nil)
+
+// vnetHdr is struct virtio_net_hdr in host byte order, as packet sockets
+// use it.
+type vnetHdr [vnetHdrLen]byte
+
+const vnetHdrLen = 10
+
+func (v *vnetHdr) flags() uint8       { return v[0] }
+func (v *vnetHdr) gsoType() uint8     { return v[1] &^ unix.VIRTIO_NET_HDR_GSO_ECN }
+func (v *vnetHdr) csumStart() uint16  { return binary.NativeEndian.Uint16(v[6:]) }
+func (v *vnetHdr) csumOffset() uint16 { return binary.NativeEndian.Uint16(v[8:]) }
+
+// completeChecksum finishes a checksum left to offload: the 16-bit field at
+// start+offset holds the pseudo-header sum, and the Internet checksum of
+// pkt[start:] goes there. Out-of-range values leave pkt alone.
+func completeChecksum(pkt []byte, start, offset int) {
+	if start < 0 || offset < 0 || start+offset+2 > len(pkt) {
+		return
+	}
+	c := ^fold(sum(pkt[start:], 0))
+	if c == 0 {
+		c = 0xffff // as the kernel does: 0 means "no checksum" for UDP
+	}
+	binary.BigEndian.PutUint16(pkt[start+offset:], c)
+}
+
+// sum adds b as big-endian 16-bit words to s (RFC 1071), 8 bytes at a time.
+func sum(b []byte, s uint64) uint64 {
+	for len(b) >= 8 {
+		v := binary.BigEndian.Uint64(b)
+		s1 := s + v>>32 + v&0xffffffff
+		s = s1
+		b = b[8:]
+	}
+	for len(b) >= 2 {
+		s += uint64(binary.BigEndian.Uint16(b))
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		s += uint64(b[0]) << 8
+	}
+	return s
+}
+
+// fold folds a 64-bit one's-complement sum to 16 bits.
+func fold(s uint64) uint16 {
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
+}

@@ -74,8 +74,11 @@ type Stats struct {
 	// RxTruncated counts packets dropped because they did not fit in the
 	// reader's buffer after the headroom.
 	RxTruncated uint64
+	// RxGSO counts segmentation-offload super-packets an AF_PACKET port
+	// dropped (see AFPacket, Offloads).
+	RxGSO uint64
 	// TxDropped counts packets WriteBatch accepted but could not deliver
-	// (Mem: the peer port was closed).
+	// (Mem: the peer port was closed; AF_PACKET: ENOBUFS from the kernel).
 	TxDropped uint64
 }
 
