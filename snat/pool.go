@@ -11,7 +11,7 @@ import (
 
 // DefaultExpectedFlows is the flow count a Pool's tables are sized for when
 // PoolConfig.ExpectedFlows is 0.
-const DefaultExpectedFlows = 1024
+const DefaultExpectedFlows = 256
 
 // PoolConfig configures a Pool. The zero value selects the defaults.
 type PoolConfig struct {
@@ -44,18 +44,12 @@ type flowKey struct {
 	fam    uint8 // 4 or 6: keeps 1.2.3.4 apart from ::ffff:1.2.3.4
 }
 
-// dstKey is a packed (protocol, destination).
-type dstKey struct {
-	hi, lo uint64
-	dport  uint16
-	proto  ananta.Protocol
-	fam    uint8
-}
-
-func makeDstKey(proto ananta.Protocol, dst netip.AddrPort) dstKey {
+// makeDstKey packs (protocol, destination) into a flowKey with vport 0:
+// the key of the destination table.
+func makeDstKey(proto ananta.Protocol, dst netip.AddrPort) flowKey {
 	a := dst.Addr()
 	b := a.As16()
-	k := dstKey{
+	k := flowKey{
 		hi:    binary.BigEndian.Uint64(b[:8]),
 		lo:    binary.BigEndian.Uint64(b[8:]),
 		dport: dst.Port(),
@@ -68,14 +62,13 @@ func makeDstKey(proto ananta.Protocol, dst netip.AddrPort) dstKey {
 	return k
 }
 
-func (d dstKey) flow(port uint16) flowKey {
-	return flowKey{hi: d.hi, lo: d.lo, dport: d.dport, vport: port, proto: d.proto, fam: d.fam}
+// flow returns the key of the flow on VIP port port to destination key d.
+func (d flowKey) flow(port uint16) flowKey {
+	d.vport = port
+	return d
 }
 
-func (f flowKey) dst() dstKey {
-	return dstKey{hi: f.hi, lo: f.lo, dport: f.dport, proto: f.proto, fam: f.fam}
-}
-
+// addrPort returns the destination of the key.
 func (f flowKey) addrPort() netip.AddrPort {
 	var b [16]byte
 	binary.BigEndian.PutUint64(b[:8], f.hi)
@@ -145,8 +138,8 @@ type Pool struct {
 	ranges  []poolRange // sorted by First, disjoint
 	ports   []portState // the ports of ranges, concatenated in order
 	busy    int
-	flows   map[flowKey]struct{}
-	dsts    map[dstKey]dstState
+	flows   flowTable         // every flow; values unused
+	dsts    flowTable         // (protocol, destination) with vport 0 -> its flows
 	udp     map[uint16]uint16 // DIP source port -> VIP port
 	udpNext uint32            // VIP port where the search for a new UDP mapping starts
 }
@@ -162,8 +155,8 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	return &Pool{
 		cfg:   cfg,
-		flows: make(map[flowKey]struct{}, cfg.ExpectedFlows),
-		dsts:  make(map[dstKey]dstState, cfg.ExpectedFlows),
+		flows: newFlowTable(cfg.ExpectedFlows),
+		dsts:  newFlowTable(cfg.ExpectedFlows),
 		udp:   make(map[uint16]uint16, 64),
 	}, nil
 }
@@ -175,7 +168,7 @@ func (p *Pool) Size() int { return len(p.ports) }
 func (p *Pool) Free() int { return len(p.ports) - p.busy }
 
 // Flows returns the number of flows.
-func (p *Pool) Flows() int { return len(p.flows) }
+func (p *Pool) Flows() int { return p.flows.n }
 
 // LowWater returns the effective free-port threshold of Low.
 func (p *Pool) LowWater() int {
@@ -263,30 +256,35 @@ func (p *Pool) Acquire(proto ananta.Protocol, dst netip.AddrPort, now time.Time)
 		return 0, false
 	}
 	dk := makeDstKey(proto, dst)
-	ds, ok := p.dsts[dk]
+	di, dh, known := p.dsts.find(&dk)
+	fk := dk
 	var port uint16
 	var ri int
-	var fk flowKey
-	if !ok {
-		port, ri = p.ranges[0].r.First, 0
-		fk = dk.flow(port)
+	var fi, fh uint64
+	if !known {
+		port = p.ranges[0].r.First
+		fk.vport = port
+		fi, fh, _ = p.flows.find(&fk) // absent: no flow to dk at all
+		p.flows.put(fi, fh, &fk, dstState{})
+		p.dsts.put(di, dh, &dk, dstState{n: 1, next: uint32(port) + 1})
 	} else {
+		ds := &p.dsts.slots[di].v
 		if int(ds.n) >= len(p.ports) {
 			return 0, false
 		}
 		port, ri = p.at(ds.next)
 		for {
-			fk = dk.flow(port)
-			if _, used := p.flows[fk]; !used {
+			fk.vport = port
+			var used bool
+			if fi, fh, used = p.flows.find(&fk); !used {
 				break
 			}
 			port, ri = p.succ(port, ri)
 		}
+		ds.n++
+		ds.next = uint32(port) + 1
+		p.flows.put(fi, fh, &fk, dstState{})
 	}
-	p.flows[fk] = struct{}{}
-	ds.n++
-	ds.next = uint32(port) + 1
-	p.dsts[dk] = ds
 	s := p.state(ri, port)
 	if !s.busy() {
 		p.ranges[ri].busy++
@@ -313,10 +311,11 @@ func (p *Pool) AcquireUDP(src uint16, dst netip.AddrPort, now time.Time) (uint16
 	if mapped {
 		ri, _ = p.find(port)
 		fk := dk.flow(port)
-		if _, dup := p.flows[fk]; dup {
+		fi, fh, dup := p.flows.find(&fk)
+		if dup {
 			return port, true
 		}
-		p.flows[fk] = struct{}{}
+		p.flows.put(fi, fh, &fk, dstState{})
 		p.state(ri, port).udpFlows++
 	} else {
 		if len(p.udp) >= len(p.ports) {
@@ -334,7 +333,9 @@ func (p *Pool) AcquireUDP(src uint16, dst netip.AddrPort, now time.Time) (uint16
 		s.udp, s.udpSrc, s.udpFlows = true, src, 1
 		p.udp[src] = port
 		p.udpNext = uint32(port) + 1
-		p.flows[dk.flow(port)] = struct{}{}
+		fk := dk.flow(port)
+		fi, fh, _ := p.flows.find(&fk) // absent: the port had no UDP flow
+		p.flows.put(fi, fh, &fk, dstState{})
 	}
 	p.ranges[ri].last = now.UnixNano()
 	return port, true
@@ -359,20 +360,20 @@ func (p *Pool) Release(proto ananta.Protocol, port uint16, dst netip.AddrPort, n
 	if !dst.Addr().IsValid() {
 		return false
 	}
-	dk := makeDstKey(proto, dst)
-	fk := dk.flow(port)
-	if _, ok := p.flows[fk]; !ok {
+	fk := makeDstKey(proto, dst).flow(port)
+	fi, _, ok := p.flows.find(&fk)
+	if !ok {
 		return false
 	}
 	ri, _ := p.find(port) // a flow's port is always in the pool
-	p.release(ri, fk)
+	p.release(ri, fi, fk)
 	p.ranges[ri].last = now.UnixNano()
 	return true
 }
 
-// release removes flow fk on a port of range ri.
-func (p *Pool) release(ri int, fk flowKey) {
-	delete(p.flows, fk)
+// release removes flow fk, in slot fi of p.flows, on a port of range ri.
+func (p *Pool) release(ri int, fi uint64, fk flowKey) {
+	p.flows.del(fi)
 	s := p.state(ri, fk.vport)
 	if fk.proto == ananta.ProtocolUDP {
 		if s.udpFlows--; s.udpFlows == 0 {
@@ -381,12 +382,13 @@ func (p *Pool) release(ri int, fk flowKey) {
 		}
 	} else {
 		s.flows--
-		dk := fk.dst()
-		ds := p.dsts[dk]
-		if ds.n--; ds.n == 0 {
-			delete(p.dsts, dk)
+		dk := fk
+		dk.vport = 0
+		di, _, _ := p.dsts.find(&dk) // present: the flow counts in it
+		if ds := &p.dsts.slots[di].v; ds.n > 1 {
+			ds.n--
 		} else {
-			p.dsts[dk] = ds
+			p.dsts.del(di)
 		}
 	}
 	if !s.busy() {
@@ -467,9 +469,9 @@ func (p *Pool) Drop(r ananta.PortRange) ([]Flow, error) {
 	}
 	var keys []flowKey
 	if p.ranges[i].busy > 0 {
-		for fk := range p.flows {
-			if r.Contains(fk.vport) {
-				keys = append(keys, fk)
+		for _, s := range p.flows.slots {
+			if s.h != 0 && r.Contains(s.k.vport) {
+				keys = append(keys, s.k)
 			}
 		}
 	}
@@ -489,7 +491,8 @@ func (p *Pool) Drop(r ananta.PortRange) ([]Flow, error) {
 			f.Src = p.state(i, fk.vport).udpSrc
 		}
 		out = append(out, f)
-		p.release(i, fk)
+		fi, _, _ := p.flows.find(&fk)
+		p.release(i, fi, fk)
 	}
 	p.cut(i)
 	return out, nil
