@@ -74,11 +74,12 @@ type Packet struct {
 	// IPv6 header chain ends in ESP or another header this package does not
 	// know. Proto is the IPv4 protocol or the last IPv6 next header reached.
 	Tuple ananta.FiveTuple
-	// Inner is the 5-tuple of the packet quoted in an ICMP error (ICMPError,
-	// as the quoted packet was sent: it usually is the reverse of a flow of
-	// ours) or of the packet inside an IP-in-IP tunnel (Encapsulated). Ports
-	// of a quoted packet are reported when the quote holds the first 8 bytes
-	// of its transport header.
+	// Inner is the 5-tuple of the packet quoted in an ICMP error
+	// (ICMPError) or of the packet inside an IP-in-IP tunnel
+	// (Encapsulated). A quoted tuple is as the quoted packet was sent, by
+	// the receiver of the error: Inner.Reverse() is the flow in the
+	// direction of the error itself. Ports of a quoted packet are reported
+	// when the quote holds the first 8 bytes of its transport header.
 	Inner ananta.FiveTuple
 
 	// L4Offset is the offset of the transport header, after IPv4 options or
