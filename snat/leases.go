@@ -372,7 +372,9 @@ func (l *Leases) drop(e *leaseEntry) {
 
 // Allocate leases a free range of size ports of vip to dip, which runs on
 // host, until now + ttl, and counts the ports as dip's demand for
-// AllocateDemand. Errors match ErrUnknownVIP, ErrInvalidAddr (dip or host
+// AllocateDemand. Each lease records its own host, so the leases of a DIP
+// that moved to another host may name different hosts until the old ones
+// end. Errors match ErrUnknownVIP, ErrInvalidAddr (dip or host
 // not unicast, dip of another family than vip), ErrInvalidSize,
 // ErrInvalidTime (now out of range, ttl not in (0, MaxLeaseTTL]), ErrLimit
 // (dip would hold more than MaxPortsPerDIP ports of vip) or ErrExhausted.

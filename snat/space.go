@@ -84,13 +84,38 @@ func NewSpace(reserved []ananta.PortRange) (*Space, error) {
 			s.usable[u/64] &^= 1 << (u % 64)
 		}
 	}
-	for u := firstUnit; u < numUnits; u++ {
-		if s.usableUnit(u) {
-			s.insertFree(0, u)
-			s.freeP += MinRangeSize
+	// The free blocks are the maximal aligned usable blocks: left to right,
+	// take the largest aligned block starting here that is all usable (what
+	// freeing every usable unit one by one with merging would give).
+	for u := firstUnit; u < numUnits; {
+		if !s.usableUnit(u) {
+			u++
+			continue
 		}
+		k := min(maxOrder, bits.TrailingZeros(uint(u)))
+		for !s.usableRun(u, 1<<k) {
+			k--
+		}
+		s.setFree(k, u>>k, true)
+		s.freeP += MinRangeSize << k
+		u += 1 << k
 	}
 	return s, nil
+}
+
+// usableRun reports whether the n units from u are all usable; u is
+// aligned to n, a power of two.
+func (s *Space) usableRun(u, n int) bool {
+	if n >= 64 {
+		for w := u / 64; w < (u+n)/64; w++ {
+			if s.usable[w] != ^uint64(0) {
+				return false
+			}
+		}
+		return true
+	}
+	m := (uint64(1)<<n - 1) << (u % 64)
+	return s.usable[u/64]&m == m
 }
 
 // checkReserved validates reserved ranges and returns a sorted copy.

@@ -452,3 +452,32 @@ func TestSpaceReservedUnitsNeverHandedOut(t *testing.T) {
 		t.Error("neighbours of reserved ports reported reserved")
 	}
 }
+
+// TestNewSpaceMatchesUnitByUnit: NewSpace's direct construction of the
+// free blocks equals freeing every usable unit one by one with merging.
+func TestNewSpaceMatchesUnitByUnit(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 3))
+	sets := [][]ananta.PortRange{nil, {pr(1024, 1024)}, {pr(65535, 65535)}, {pr(1, 40000)}, {pr(32768, 32768), pr(16383, 16384)}}
+	for range 50 {
+		var rs []ananta.PortRange
+		for p := 1 + rng.IntN(4000); p < 65536 && len(rs) < ananta.MaxReservedRanges; p += 1 + rng.IntN(6000) {
+			last := min(65535, p+rng.IntN(600))
+			rs = append(rs, pr(p, last))
+			p = last + 1
+		}
+		sets = append(sets, rs)
+	}
+	for i, rs := range sets {
+		s := mustSpace(t, rs...)
+		ref := &Space{reserved: s.reserved, usable: s.usable}
+		for u := firstUnit; u < numUnits; u++ {
+			if ref.usableUnit(u) {
+				ref.insertFree(0, u)
+				ref.freeP += MinRangeSize
+			}
+		}
+		if !reflect.DeepEqual(s, ref) {
+			t.Fatalf("set %d (%v): NewSpace differs from unit-by-unit construction", i, rs)
+		}
+	}
+}
