@@ -717,12 +717,19 @@ func (x *AgentsCommand) GetUpdates() []*AgentUpdate {
 }
 
 type AgentUpdate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Kind          AgentKind              `protobuf:"varint,2,opt,name=kind,proto3,enum=ananta.v1.AgentKind" json:"kind,omitempty"`
-	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
-	Applied       uint64                 `protobuf:"varint,4,opt,name=applied,proto3" json:"applied,omitempty"`
-	Connected     bool                   `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind      AgentKind              `protobuf:"varint,2,opt,name=kind,proto3,enum=ananta.v1.AgentKind" json:"kind,omitempty"`
+	Address   string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	Applied   uint64                 `protobuf:"varint,4,opt,name=applied,proto3" json:"applied,omitempty"`
+	Connected bool                   `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	// The Watch stream that reported; empty for a report without a stream.
+	// A disconnection only counts when it comes from the agent's current
+	// stream, so that an old replica noticing a stream's end late does not
+	// mark an agent disconnected that has already reconnected elsewhere.
+	Session string `protobuf:"bytes,6,opt,name=session,proto3" json:"session,omitempty"`
+	// Set applied only; keep kind, address and connection as they are.
+	AppliedOnly   bool `protobuf:"varint,7,opt,name=applied_only,json=appliedOnly,proto3" json:"applied_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -788,6 +795,20 @@ func (x *AgentUpdate) GetApplied() uint64 {
 func (x *AgentUpdate) GetConnected() bool {
 	if x != nil {
 		return x.Connected
+	}
+	return false
+}
+
+func (x *AgentUpdate) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *AgentUpdate) GetAppliedOnly() bool {
+	if x != nil {
+		return x.AppliedOnly
 	}
 	return false
 }
@@ -1332,10 +1353,15 @@ func (x *ShardSnapshot) GetLimits() *Limits {
 type Limits struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	MaxPortsPerDip uint32                 `protobuf:"varint,1,opt,name=max_ports_per_dip,json=maxPortsPerDip,proto3" json:"max_ports_per_dip,omitempty"`
-	DedupWindow    int64                  `protobuf:"varint,2,opt,name=dedup_window,json=dedupWindow,proto3" json:"dedup_window,omitempty"`
-	DedupEntries   uint32                 `protobuf:"varint,3,opt,name=dedup_entries,json=dedupEntries,proto3" json:"dedup_entries,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Nanoseconds.
+	DedupWindow  int64  `protobuf:"varint,2,opt,name=dedup_window,json=dedupWindow,proto3" json:"dedup_window,omitempty"`
+	DedupEntries uint32 `protobuf:"varint,3,opt,name=dedup_entries,json=dedupEntries,proto3" json:"dedup_entries,omitempty"`
+	// Nanoseconds: agents not heard of for this long are forgotten.
+	AgentForget int64 `protobuf:"varint,4,opt,name=agent_forget,json=agentForget,proto3" json:"agent_forget,omitempty"`
+	// Nanoseconds: traffic reports older than this are dropped.
+	TrafficTtl    int64 `protobuf:"varint,5,opt,name=traffic_ttl,json=trafficTtl,proto3" json:"traffic_ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -1385,6 +1411,20 @@ func (x *Limits) GetDedupWindow() int64 {
 func (x *Limits) GetDedupEntries() uint32 {
 	if x != nil {
 		return x.DedupEntries
+	}
+	return 0
+}
+
+func (x *Limits) GetAgentForget() int64 {
+	if x != nil {
+		return x.AgentForget
+	}
+	return 0
+}
+
+func (x *Limits) GetTrafficTtl() int64 {
+	if x != nil {
+		return x.TrafficTtl
 	}
 	return 0
 }
@@ -1533,6 +1573,7 @@ type AgentRecord struct {
 	Applied       uint64                 `protobuf:"varint,4,opt,name=applied,proto3" json:"applied,omitempty"`
 	LastSeen      int64                  `protobuf:"varint,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	Connected     bool                   `protobuf:"varint,6,opt,name=connected,proto3" json:"connected,omitempty"`
+	Session       string                 `protobuf:"bytes,7,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1607,6 +1648,13 @@ func (x *AgentRecord) GetConnected() bool {
 		return x.Connected
 	}
 	return false
+}
+
+func (x *AgentRecord) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
 }
 
 type DedupRecord struct {
@@ -1878,13 +1926,15 @@ const file_replication_proto_rawDesc = "" +
 	"\x03ttl\x18\x03 \x01(\x03R\x03ttl\"\x0f\n" +
 	"\rExpireCommand\"A\n" +
 	"\rAgentsCommand\x120\n" +
-	"\aupdates\x18\x01 \x03(\v2\x16.ananta.v1.AgentUpdateR\aupdates\"\x99\x01\n" +
+	"\aupdates\x18\x01 \x03(\v2\x16.ananta.v1.AgentUpdateR\aupdates\"\xd6\x01\n" +
 	"\vAgentUpdate\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x14.ananta.v1.AgentKindR\x04kind\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x18\n" +
 	"\aapplied\x18\x04 \x01(\x04R\aapplied\x12\x1c\n" +
-	"\tconnected\x18\x05 \x01(\bR\tconnected\"]\n" +
+	"\tconnected\x18\x05 \x01(\bR\tconnected\x12\x18\n" +
+	"\asession\x18\x06 \x01(\tR\asession\x12!\n" +
+	"\fapplied_only\x18\a \x01(\bR\vappliedOnly\"]\n" +
 	"\rHealthCommand\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x121\n" +
 	"\areports\x18\x02 \x03(\v2\x17.ananta.v1.HealthReportR\areports\"z\n" +
@@ -1926,11 +1976,14 @@ const file_replication_proto_rawDesc = "" +
 	"\x04keys\x18\b \x03(\v2\x1c.ananta.v1.IdempotencyRecordR\x04keys\x122\n" +
 	"\atraffic\x18\t \x03(\v2\x18.ananta.v1.TrafficRecordR\atraffic\x12)\n" +
 	"\x06limits\x18\n" +
-	" \x01(\v2\x11.ananta.v1.LimitsR\x06limits\"{\n" +
+	" \x01(\v2\x11.ananta.v1.LimitsR\x06limits\"\xbf\x01\n" +
 	"\x06Limits\x12)\n" +
 	"\x11max_ports_per_dip\x18\x01 \x01(\rR\x0emaxPortsPerDip\x12!\n" +
 	"\fdedup_window\x18\x02 \x01(\x03R\vdedupWindow\x12#\n" +
-	"\rdedup_entries\x18\x03 \x01(\rR\fdedupEntries\"S\n" +
+	"\rdedup_entries\x18\x03 \x01(\rR\fdedupEntries\x12!\n" +
+	"\fagent_forget\x18\x04 \x01(\x03R\vagentForget\x12\x1f\n" +
+	"\vtraffic_ttl\x18\x05 \x01(\x03R\n" +
+	"trafficTtl\"S\n" +
 	"\tVIPRecord\x12,\n" +
 	"\x06config\x18\x01 \x01(\v2\x14.ananta.v1.VIPConfigR\x06config\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"\x8b\x01\n" +
@@ -1940,14 +1993,15 @@ const file_replication_proto_rawDesc = "" +
 	"\x04port\x18\x03 \x01(\rR\x04port\x12\x18\n" +
 	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x19\n" +
 	"\bagent_id\x18\x05 \x01(\tR\aagentId\x12\x0e\n" +
-	"\x02at\x18\x06 \x01(\x03R\x02at\"\xb6\x01\n" +
+	"\x02at\x18\x06 \x01(\x03R\x02at\"\xd0\x01\n" +
 	"\vAgentRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x14.ananta.v1.AgentKindR\x04kind\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x18\n" +
 	"\aapplied\x18\x04 \x01(\x04R\aapplied\x12\x1b\n" +
 	"\tlast_seen\x18\x05 \x01(\x03R\blastSeen\x12\x1c\n" +
-	"\tconnected\x18\x06 \x01(\bR\tconnected\"O\n" +
+	"\tconnected\x18\x06 \x01(\bR\tconnected\x12\x18\n" +
+	"\asession\x18\a \x01(\tR\asession\"O\n" +
 	"\vDedupRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x18\n" +
 	"\aexpires\x18\x02 \x01(\x03R\aexpires\x12\x16\n" +

@@ -1,0 +1,290 @@
+package manager
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ananta-go/ananta/api"
+)
+
+// The SNAT scheduler of one replica. Allocation requests that reach this
+// replica wait in one FIFO queue per VIP; per shard, a loop takes batches
+// from the queues round-robin across VIPs (one request of each VIP in turn,
+// so that a VIP with a thousand queued requests and a VIP with one share a
+// batch evenly) and proposes each batch as one command. At most
+// SNATInflight batches per shard are in flight; while a configuration or
+// health proposal of the shard is in progress no new batch starts
+// (priority stages). A DIP has at most one pending request: another request
+// of the same (VIP, DIP) joins it and gets the same lease. Each (VIP, DIP)
+// has a token bucket of SNATRate requests per second.
+
+type dipKey struct{ vip, dip netip.Addr }
+
+// allocReq is one pending allocation; joined requests share it.
+type allocReq struct {
+	key  dipKey
+	host netip.Addr
+	size uint32
+	// deadline is the latest deadline of its callers.
+	deadline time.Time
+	done     chan struct{} // closed when res or err is set
+	res      *api.AllocateResult
+	err      error
+}
+
+type vipQueue struct {
+	vip  netip.Addr
+	reqs []*allocReq
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// snatShard is the scheduler state of one shard.
+type snatShard struct {
+	id   uint64
+	wake chan struct{} // capacity 1
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	queues   map[netip.Addr]*vipQueue
+	ring     []*vipQueue // VIPs with queued requests, in round-robin order
+	next     int         // ring position of the next VIP to serve
+	pending  map[dipKey]*allocReq
+	buckets  map[dipKey]*bucket
+	inflight int
+	prio     int // configuration/health proposals in progress
+}
+
+type scheduler struct {
+	m      *Manager
+	shards map[uint64]*snatShard
+	wg     sync.WaitGroup
+}
+
+func newScheduler(m *Manager) *scheduler {
+	s := &scheduler{m: m, shards: make(map[uint64]*snatShard)}
+	for _, id := range m.shards {
+		s.shards[id] = &snatShard{
+			id:      id,
+			wake:    make(chan struct{}, 1),
+			queues:  make(map[netip.Addr]*vipQueue),
+			pending: make(map[dipKey]*allocReq),
+			buckets: make(map[dipKey]*bucket),
+		}
+	}
+	return s
+}
+
+func (sh *snatShard) signal() {
+	select {
+	case sh.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run runs one dispatch loop per shard until the Manager closes, then
+// waits for the batches in flight.
+func (s *scheduler) run() {
+	var wg sync.WaitGroup
+	for _, sh := range s.shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.loop(sh)
+		}()
+	}
+	wg.Wait()
+	s.wg.Wait()
+}
+
+func (s *scheduler) loop(sh *snatShard) {
+	for {
+		select {
+		case <-s.m.ctx.Done():
+			s.failAll(sh, status.Error(codes.Unavailable, "manager replica is closing"))
+			return
+		case <-sh.wake:
+		}
+		for {
+			batch := s.take(sh)
+			if batch == nil {
+				break
+			}
+			s.wg.Add(1)
+			go s.propose(sh, batch)
+		}
+	}
+}
+
+// take returns the next batch, or nil when there is none or no batch may
+// start now.
+func (s *scheduler) take(sh *snatShard) []*allocReq {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if len(sh.ring) == 0 || sh.inflight >= s.m.cfg.SNATInflight || sh.prio > 0 {
+		return nil
+	}
+	max := s.m.cfg.SNATBatchSize
+	var batch []*allocReq
+	for len(batch) < max && len(sh.ring) > 0 {
+		if sh.next >= len(sh.ring) {
+			sh.next = 0
+		}
+		q := sh.ring[sh.next]
+		batch = append(batch, q.reqs[0])
+		q.reqs[0] = nil
+		q.reqs = q.reqs[1:]
+		if len(q.reqs) == 0 {
+			delete(sh.queues, q.vip)
+			sh.ring = append(sh.ring[:sh.next], sh.ring[sh.next+1:]...)
+		} else {
+			sh.next++
+		}
+	}
+	sh.inflight++
+	return batch
+}
+
+// propose proposes one batch and hands out the results.
+func (s *scheduler) propose(sh *snatShard, batch []*allocReq) {
+	defer s.wg.Done()
+	m := s.m
+	var deadline time.Time
+	cmd := &api.AllocateCommand{Ttl: int64(m.cfg.LeaseTTL), Items: make([]*api.AllocateItem, len(batch))}
+	for i, r := range batch {
+		cmd.Items[i] = &api.AllocateItem{Vip: addrBytes(r.key.vip), Dip: addrBytes(r.key.dip), Host: addrBytes(r.host), Size: r.size}
+		if r.deadline.After(deadline) {
+			deadline = r.deadline
+		}
+	}
+	if deadline.IsZero() {
+		deadline = time.Now().Add(m.cfg.RequestTimeout)
+	}
+	ctx, cancel := context.WithDeadline(m.ctx, deadline)
+	res, err := m.propose(ctx, sh.id, &api.Command{Id: newID(), Op: &api.Command_Allocate{Allocate: cmd}})
+	cancel()
+	if err == nil && len(res.Items) != len(batch) {
+		err = status.Errorf(codes.Internal, "state machine returned %d results for %d requests", len(res.Items), len(batch))
+	}
+	sh.mu.Lock()
+	for i, r := range batch {
+		if err != nil {
+			r.err = err
+		} else {
+			r.res = res.Items[i]
+		}
+		delete(sh.pending, r.key)
+		close(r.done)
+	}
+	sh.inflight--
+	sh.mu.Unlock()
+	sh.signal()
+}
+
+func (s *scheduler) failAll(sh *snatShard, err error) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for _, q := range sh.ring {
+		for _, r := range q.reqs {
+			r.err = err
+			delete(sh.pending, r.key)
+			close(r.done)
+		}
+	}
+	sh.ring, sh.queues = nil, make(map[netip.Addr]*vipQueue)
+}
+
+// allow takes a token of key's bucket.
+func (s *scheduler) allow(sh *snatShard, key dipKey, now time.Time) bool {
+	rate, burst := s.m.cfg.SNATRate, float64(s.m.cfg.SNATBurst)
+	b := sh.buckets[key]
+	if b == nil {
+		if len(sh.buckets) >= 1<<16 { // forget full (idle) buckets
+			for k, o := range sh.buckets {
+				if o.tokens+now.Sub(o.last).Seconds()*rate >= burst {
+					delete(sh.buckets, k)
+				}
+			}
+		}
+		b = &bucket{tokens: burst, last: now}
+		sh.buckets[key] = b
+	}
+	b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// allocate queues a request (or joins the DIP's pending one) and waits for
+// its result. joined reports whether it joined.
+func (s *scheduler) allocate(ctx context.Context, shard uint64, key dipKey, host netip.Addr, size uint32) (res *api.AllocateResult, joined bool, err error) {
+	sh := s.shards[shard]
+	deadline, _ := ctx.Deadline()
+	sh.mu.Lock()
+	r := sh.pending[key]
+	if r != nil {
+		joined = true
+		if deadline.After(r.deadline) {
+			r.deadline = deadline // a batch not yet proposed uses it
+		}
+	} else {
+		if s.m.ctx.Err() != nil {
+			sh.mu.Unlock()
+			return nil, false, status.Error(codes.Unavailable, "manager replica is closing")
+		}
+		if !s.allow(sh, key, time.Now()) {
+			sh.mu.Unlock()
+			return nil, false, status.Errorf(codes.ResourceExhausted, "dip %s of vip %s exceeds %g allocation requests per second", key.dip, key.vip, s.m.cfg.SNATRate)
+		}
+		q := sh.queues[key.vip]
+		if q == nil {
+			q = &vipQueue{vip: key.vip}
+			sh.queues[key.vip] = q
+			sh.ring = append(sh.ring, q)
+		}
+		if len(q.reqs) >= s.m.cfg.SNATQueueLimit {
+			sh.mu.Unlock()
+			return nil, false, status.Errorf(codes.ResourceExhausted, "vip %s has %d allocation requests queued", key.vip, len(q.reqs))
+		}
+		r = &allocReq{key: key, host: host, size: size, deadline: deadline, done: make(chan struct{})}
+		q.reqs = append(q.reqs, r)
+		sh.pending[key] = r
+	}
+	sh.mu.Unlock()
+	sh.signal()
+	select {
+	case <-r.done:
+		return r.res, joined, r.err
+	case <-ctx.Done():
+		return nil, joined, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// hold marks a priority proposal in progress in shard: no new SNAT batch
+// starts until the returned function is called.
+func (s *scheduler) hold(shard uint64) func() {
+	sh := s.shards[shard]
+	if sh == nil {
+		return func() {}
+	}
+	sh.mu.Lock()
+	sh.prio++
+	sh.mu.Unlock()
+	return func() {
+		sh.mu.Lock()
+		sh.prio--
+		sh.mu.Unlock()
+		sh.signal()
+	}
+}
