@@ -25,9 +25,9 @@ type AFPacketConfig struct {
 	// NextHop is the link-layer destination of every packet written, for
 	// example the router's MAC address (see LookupNeighbor). Its length
 	// must match the interface's hardware address. It may be empty on an
-	// interface without link-layer addresses (TUN, loopback-like) or for a
-	// port that only reads; WriteBatch then returns ErrNoNextHop on an
-	// interface that has them.
+	// interface without link-layer addresses (TUN) or for a port that only
+	// reads; WriteBatch then returns ErrNoNextHop on an interface that has
+	// them.
 	NextHop net.HardwareAddr
 	// FanoutGroup, when non-zero, joins the socket to the PACKET_FANOUT
 	// group with that ID (1 to 65535) in hash mode: the kernel spreads

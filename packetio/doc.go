@@ -14,10 +14,13 @@
 //   - [Pipe] returns two connected in-memory ports ([Mem]) with bounded,
 //     preallocated queues: for unit tests, simulations and users' own policy
 //     tests. No privileges needed.
-//   - [OpenAFPacket] opens a Linux AF_PACKET socket (SOCK_DGRAM, "cooked":
-//     the kernel strips and adds the link-layer header) bound to one
-//     interface, batched with recvmmsg/sendmmsg. It is the Mux's uplink and
-//     the Host Agent's.
+//   - [OpenAFPacket] opens a Linux AF_PACKET socket bound to one interface,
+//     batched with recvmmsg/sendmmsg. It carries IP packets: the port strips
+//     and builds the link-layer header itself (the next hop's address is
+//     configured, see [LookupNeighbor]). It completes checksums left to
+//     offload and drops segmentation-offload super-packets, which
+//     [DisableOffloads] prevents. It is the Mux's uplink and the Host
+//     Agent's.
 //   - [OpenTUN] creates or attaches to a Linux TUN device (IFF_TUN|IFF_NO_PI),
 //     one packet per syscall behind the batch interface: a VM's NIC as seen
 //     from the Host Agent.
@@ -41,7 +44,8 @@
 // AF_PACKET sockets and TUN devices belong to the network namespace of the
 // OS thread that creates them, and the interface named in the config is
 // looked up there. To use a namespace other than the process's, call
-// OpenAFPacket, OpenTUN and LookupNeighbor on a thread locked into that
+// OpenAFPacket, OpenTUN, LookupNeighbor and DisableOffloads on a thread
+// locked into that
 // namespace (runtime.LockOSThread plus setns, as internal/testutil's
 // NetNS.Do does), or run the process inside it (ip netns exec). The returned
 // port may then be used from any goroutine.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,8 +49,10 @@ type TUN struct {
 	// readMu guards the read-side fields below.
 	readMu             sync.Mutex
 	rmsgs              []Message // in: the batch being filled
-	rn, rbytes, rtrunc int       // out
-	rerr               error     // out
+	riov               [2]unix.Iovec
+	overflow           [1]byte // riov[1]: a byte here means the packet did not fit
+	rn, rbytes, rtrunc int     // out
+	rerr               error   // out
 	readFn             func(fd uintptr) bool
 
 	// writeMu guards the write-side fields below.
@@ -96,6 +99,8 @@ func OpenTUN(cfg TUNConfig) (*TUN, error) {
 		return nil, err
 	}
 	t := &TUN{cfg: cfg, fd: pfd, name: name, index: index}
+	t.riov[1].Base = &t.overflow[0]
+	t.riov[1].SetLen(len(t.overflow))
 	t.readFn = t.read
 	t.writeFn = t.write
 	return t, nil
@@ -161,18 +166,20 @@ func (t *TUN) read(fd uintptr) bool {
 	for t.rn < len(t.rmsgs) {
 		m := &t.rmsgs[t.rn]
 		buf := m.Buf[h:]
-		n, err := unix.Read(int(fd), buf)
+		t.riov[0].Base = &buf[0]
+		t.riov[0].SetLen(len(buf))
+		r, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&t.riov[0])), 2)
+		n := int(r)
 		switch {
-		case err == unix.EINTR:
+		case e == unix.EINTR:
 			continue
-		case err == unix.EAGAIN:
+		case e == unix.EAGAIN:
 			return t.rn > 0
-		case err != nil:
-			t.rerr = err
+		case e != 0:
+			t.rerr = e
 			return true
 		case n > len(buf):
-			// The kernel returns the packet's full length when it had to
-			// cut it to fit.
+			// The packet spilled into the overflow byte: it was cut.
 			t.rtrunc++
 			continue
 		}
@@ -184,8 +191,8 @@ func (t *TUN) read(fd uintptr) bool {
 }
 
 // WriteBatch implements [Port.WriteBatch]: one write system call per
-// packet. It may also return a wrapped kernel error (ErrTooBig with
-// unix.EMSGSIZE, unix.EINVAL for a packet the kernel refuses).
+// packet. It may also return a wrapped kernel error for a packet the
+// kernel refuses.
 func (t *TUN) WriteBatch(msgs []Message) (int, error) {
 	if len(msgs) == 0 {
 		return 0, nil
