@@ -46,7 +46,7 @@ const (
 type smConfig struct {
 	shard    uint64
 	limits   *api.Limits
-	logSize  int               // changes retained for Watch (replica-local)
+	logSize  int                // changes retained for Watch (replica-local)
 	onChange func(shard uint64) // called after every Apply that changed the state; must not block
 }
 
