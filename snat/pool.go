@@ -35,36 +35,45 @@ type Flow struct {
 	Src uint16
 }
 
-// flowKey is a packed (protocol, VIP port, destination): one flow.
+// flowKey is a packed (protocol, VIP port, destination): one flow. The
+// small fields share one word, so that the key is read and written with
+// whole-word accesses only (narrow stores followed by a wide load of the
+// same word stall the CPU's store forwarding on the Acquire path).
 type flowKey struct {
 	hi, lo uint64 // destination address, 16-byte form
-	dport  uint16
-	vport  uint16
-	proto  ananta.Protocol
-	fam    uint8 // 4 or 6: keeps 1.2.3.4 apart from ::ffff:1.2.3.4
+	// meta holds, from bit 0: destination port (16 bits), VIP port (16),
+	// protocol (8), family (8: 4 or 6, keeping 1.2.3.4 apart from
+	// ::ffff:1.2.3.4).
+	meta uint64
 }
 
-// makeDstKey packs (protocol, destination) into a flowKey with vport 0:
+const vportShift = 16
+
+func (k flowKey) dport() uint16          { return uint16(k.meta) }
+func (k flowKey) vport() uint16          { return uint16(k.meta >> vportShift) }
+func (k flowKey) proto() ananta.Protocol { return ananta.Protocol(k.meta >> 32) }
+func (k flowKey) fam() uint8             { return uint8(k.meta >> 40) }
+
+// makeDstKey packs (protocol, destination) into a flowKey with VIP port 0:
 // the key of the destination table.
 func makeDstKey(proto ananta.Protocol, dst netip.AddrPort) flowKey {
 	a := dst.Addr()
+	meta := uint64(dst.Port()) | uint64(proto)<<32
+	if a.Is4() { // the IPv4-mapped 16-byte form, built without As16
+		b := a.As4()
+		return flowKey{lo: 0xffff<<32 | uint64(binary.BigEndian.Uint32(b[:])), meta: meta | 4<<40}
+	}
 	b := a.As16()
-	k := flowKey{
-		hi:    binary.BigEndian.Uint64(b[:8]),
-		lo:    binary.BigEndian.Uint64(b[8:]),
-		dport: dst.Port(),
-		proto: proto,
-		fam:   6,
+	return flowKey{
+		hi:   binary.BigEndian.Uint64(b[:8]),
+		lo:   binary.BigEndian.Uint64(b[8:]),
+		meta: meta | 6<<40,
 	}
-	if a.Is4() {
-		k.fam = 4
-	}
-	return k
 }
 
 // flow returns the key of the flow on VIP port port to destination key d.
 func (d flowKey) flow(port uint16) flowKey {
-	d.vport = port
+	d.meta = d.meta&^(0xffff<<vportShift) | uint64(port)<<vportShift
 	return d
 }
 
@@ -74,10 +83,10 @@ func (f flowKey) addrPort() netip.AddrPort {
 	binary.BigEndian.PutUint64(b[:8], f.hi)
 	binary.BigEndian.PutUint64(b[8:], f.lo)
 	a := netip.AddrFrom16(b)
-	if f.fam == 4 {
+	if f.fam() == 4 {
 		a = a.Unmap()
 	}
-	return netip.AddrPortFrom(a, f.dport)
+	return netip.AddrPortFrom(a, f.dport())
 }
 
 // dstState tracks the flows of one (protocol, destination).
@@ -138,10 +147,10 @@ type Pool struct {
 	ranges  []poolRange // sorted by First, disjoint
 	ports   []portState // the ports of ranges, concatenated in order
 	busy    int
-	flows   flowTable         // every flow; values unused
-	dsts    flowTable         // (protocol, destination) with vport 0 -> its flows
-	udp     map[uint16]uint16 // DIP source port -> VIP port
-	udpNext uint32            // VIP port where the search for a new UDP mapping starts
+	flows   flowTable[struct{}] // every flow
+	dsts    flowTable[dstState] // (protocol, destination) with vport 0 -> its flows
+	udp     map[uint16]uint16   // DIP source port -> VIP port
+	udpNext uint32              // VIP port where the search for a new UDP mapping starts
 }
 
 // NewPool returns an empty pool. It returns an error matching
@@ -155,8 +164,8 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	return &Pool{
 		cfg:   cfg,
-		flows: newFlowTable(cfg.ExpectedFlows),
-		dsts:  newFlowTable(cfg.ExpectedFlows),
+		flows: newFlowTable[struct{}](cfg.ExpectedFlows),
+		dsts:  newFlowTable[dstState](cfg.ExpectedFlows),
 		udp:   make(map[uint16]uint16, 64),
 	}, nil
 }
@@ -263,9 +272,9 @@ func (p *Pool) Acquire(proto ananta.Protocol, dst netip.AddrPort, now time.Time)
 	var fi, fh uint64
 	if !known {
 		port = p.ranges[0].r.First
-		fk.vport = port
+		fk = dk.flow(port)
 		fi, fh, _ = p.flows.find(&fk) // absent: no flow to dk at all
-		p.flows.put(fi, fh, &fk, dstState{})
+		p.flows.put(fi, fh, &fk, struct{}{})
 		p.dsts.put(di, dh, &dk, dstState{n: 1, next: uint32(port) + 1})
 	} else {
 		ds := &p.dsts.slots[di].v
@@ -274,7 +283,7 @@ func (p *Pool) Acquire(proto ananta.Protocol, dst netip.AddrPort, now time.Time)
 		}
 		port, ri = p.at(ds.next)
 		for {
-			fk.vport = port
+			fk = dk.flow(port)
 			var used bool
 			if fi, fh, used = p.flows.find(&fk); !used {
 				break
@@ -283,7 +292,7 @@ func (p *Pool) Acquire(proto ananta.Protocol, dst netip.AddrPort, now time.Time)
 		}
 		ds.n++
 		ds.next = uint32(port) + 1
-		p.flows.put(fi, fh, &fk, dstState{})
+		p.flows.put(fi, fh, &fk, struct{}{})
 	}
 	s := p.state(ri, port)
 	if !s.busy() {
@@ -315,7 +324,7 @@ func (p *Pool) AcquireUDP(src uint16, dst netip.AddrPort, now time.Time) (uint16
 		if dup {
 			return port, true
 		}
-		p.flows.put(fi, fh, &fk, dstState{})
+		p.flows.put(fi, fh, &fk, struct{}{})
 		p.state(ri, port).udpFlows++
 	} else {
 		if len(p.udp) >= len(p.ports) {
@@ -335,7 +344,7 @@ func (p *Pool) AcquireUDP(src uint16, dst netip.AddrPort, now time.Time) (uint16
 		p.udpNext = uint32(port) + 1
 		fk := dk.flow(port)
 		fi, fh, _ := p.flows.find(&fk) // absent: the port had no UDP flow
-		p.flows.put(fi, fh, &fk, dstState{})
+		p.flows.put(fi, fh, &fk, struct{}{})
 	}
 	p.ranges[ri].last = now.UnixNano()
 	return port, true
@@ -374,16 +383,15 @@ func (p *Pool) Release(proto ananta.Protocol, port uint16, dst netip.AddrPort, n
 // release removes flow fk, in slot fi of p.flows, on a port of range ri.
 func (p *Pool) release(ri int, fi uint64, fk flowKey) {
 	p.flows.del(fi)
-	s := p.state(ri, fk.vport)
-	if fk.proto == ananta.ProtocolUDP {
+	s := p.state(ri, fk.vport())
+	if fk.proto() == ananta.ProtocolUDP {
 		if s.udpFlows--; s.udpFlows == 0 {
 			delete(p.udp, s.udpSrc)
 			s.udp, s.udpSrc = false, 0
 		}
 	} else {
 		s.flows--
-		dk := fk
-		dk.vport = 0
+		dk := fk.flow(0)
 		di, _, _ := p.dsts.find(&dk) // present: the flow counts in it
 		if ds := &p.dsts.slots[di].v; ds.n > 1 {
 			ds.n--
@@ -470,25 +478,25 @@ func (p *Pool) Drop(r ananta.PortRange) ([]Flow, error) {
 	var keys []flowKey
 	if p.ranges[i].busy > 0 {
 		for _, s := range p.flows.slots {
-			if s.h != 0 && r.Contains(s.k.vport) {
+			if s.h != 0 && r.Contains(s.k.vport()) {
 				keys = append(keys, s.k)
 			}
 		}
 	}
 	slices.SortFunc(keys, func(a, b flowKey) int {
 		switch {
-		case a.vport != b.vport:
-			return int(a.vport) - int(b.vport)
-		case a.proto != b.proto:
-			return int(a.proto) - int(b.proto)
+		case a.vport() != b.vport():
+			return int(a.vport()) - int(b.vport())
+		case a.proto() != b.proto():
+			return int(a.proto()) - int(b.proto())
 		}
 		return a.addrPort().Compare(b.addrPort())
 	})
 	out := make([]Flow, 0, len(keys))
 	for _, fk := range keys {
-		f := Flow{Proto: fk.proto, Port: fk.vport, Dst: fk.addrPort()}
-		if fk.proto == ananta.ProtocolUDP {
-			f.Src = p.state(i, fk.vport).udpSrc
+		f := Flow{Proto: fk.proto(), Port: fk.vport(), Dst: fk.addrPort()}
+		if fk.proto() == ananta.ProtocolUDP {
+			f.Src = p.state(i, fk.vport()).udpSrc
 		}
 		out = append(out, f)
 		fi, _, _ := p.flows.find(&fk)

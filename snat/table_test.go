@@ -11,14 +11,14 @@ import (
 func TestFlowTableAgainstMap(t *testing.T) {
 	for _, seed := range []uint64{1, 2, 3} {
 		rng := rand.New(rand.NewPCG(seed, 99))
-		tab := newFlowTable(0)
+		tab := newFlowTable[dstState](0)
 		if seed == 3 {
 			tab.seed = 0 // any seed must work
 		}
 		ref := map[flowKey]int32{}
 		keys := make([]flowKey, 300)
 		for i := range keys {
-			keys[i] = flowKey{hi: uint64(rng.IntN(3)), lo: uint64(i), dport: uint16(rng.IntN(4)), vport: uint16(i % 7), proto: 6, fam: 4}
+			keys[i] = flowKey{hi: uint64(rng.IntN(3)), lo: uint64(i), meta: uint64(rng.IntN(4)) | uint64(i%7)<<vportShift | 6<<32 | 4<<40}
 		}
 		for step := range 20000 {
 			k := keys[rng.IntN(len(keys))]
