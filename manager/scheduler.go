@@ -60,7 +60,8 @@ type snatShard struct {
 	pending  map[dipKey]*allocReq
 	buckets  map[dipKey]*bucket
 	inflight int
-	prio     int // configuration/health proposals in progress
+	busy     map[netip.Addr]int // VIP -> requests in flight
+	prio     int                // configuration/health proposals in progress
 }
 
 type scheduler struct {
@@ -78,6 +79,7 @@ func newScheduler(m *Manager) *scheduler {
 			queues:  make(map[netip.Addr]*vipQueue),
 			pending: make(map[dipKey]*allocReq),
 			buckets: make(map[dipKey]*bucket),
+			busy:    make(map[netip.Addr]int),
 		}
 	}
 	return s
@@ -125,29 +127,49 @@ func (s *scheduler) loop(sh *snatShard) {
 }
 
 // take returns the next batch, or nil when there is none or no batch may
-// start now.
+// start now. Up to SNATInflight batches are in flight; beyond that, a batch
+// may still start with the requests of VIPs that have nothing in flight
+// (up to twice SNATInflight batches), so that a VIP whose flood keeps the
+// pipeline full cannot make a quiet VIP wait for it.
 func (s *scheduler) take(sh *snatShard) []*allocReq {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if len(sh.ring) == 0 || sh.inflight >= s.m.cfg.SNATInflight || sh.prio > 0 {
+	limit := s.m.cfg.SNATInflight
+	if len(sh.ring) == 0 || sh.inflight >= 2*limit || sh.prio > 0 {
 		return nil
 	}
+	onlyIdle := sh.inflight >= limit
 	max := s.m.cfg.SNATBatchSize
 	var batch []*allocReq
-	for len(batch) < max && len(sh.ring) > 0 {
+	for i, n := 0, len(sh.ring); len(batch) < max && len(sh.ring) > 0 && i < n; {
 		if sh.next >= len(sh.ring) {
 			sh.next = 0
 		}
 		q := sh.ring[sh.next]
+		if onlyIdle && sh.busy[q.vip] > 0 {
+			sh.next++
+			i++ // one pass over the ring
+			continue
+		}
 		batch = append(batch, q.reqs[0])
 		q.reqs[0] = nil
 		q.reqs = q.reqs[1:]
 		if len(q.reqs) == 0 {
 			delete(sh.queues, q.vip)
 			sh.ring = append(sh.ring[:sh.next], sh.ring[sh.next+1:]...)
+			n--
 		} else {
 			sh.next++
 		}
+		if onlyIdle {
+			i++ // one request per idle VIP
+		}
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	for _, r := range batch {
+		sh.busy[r.key.vip]++
 	}
 	sh.inflight++
 	return batch
@@ -182,6 +204,9 @@ func (s *scheduler) propose(sh *snatShard, batch []*allocReq) {
 			r.res = res.Items[i]
 		}
 		delete(sh.pending, r.key)
+		if sh.busy[r.key.vip]--; sh.busy[r.key.vip] == 0 {
+			delete(sh.busy, r.key.vip)
+		}
 		close(r.done)
 	}
 	sh.inflight--
