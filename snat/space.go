@@ -54,14 +54,15 @@ var wordOff = func() (o [maxOrder + 2]int) {
 //
 // A Space is not safe for concurrent use.
 type Space struct {
-	reserved []ananta.PortRange    // sorted by First
-	usable   [numUnits / 64]uint64 // bit u: unit u holds no reserved port
-	free     [numWords]uint64      // bit b of order k: block (k, b) is a free block
-	alloc    [numWords]uint64      // bit b of order k: block (k, b) is allocated
-	nfree    [maxOrder + 1]int     // free blocks per order
-	freeP    int                   // free ports
-	allocP   int                   // allocated ports
-	nalloc   int                   // allocated ranges
+	reserved []ananta.PortRange           // sorted by First
+	usable   [numUnits / 64]uint64        // bit u: unit u holds no reserved port
+	free     [numWords]uint64             // bit b of order k: block (k, b) is a free block
+	freeSum  [(numWords + 63) / 64]uint64 // bit w: free[w] != 0
+	alloc    [numWords]uint64             // bit b of order k: block (k, b) is allocated
+	nfree    [maxOrder + 1]int            // free blocks per order
+	freeP    int                          // free ports
+	allocP   int                          // allocated ports
+	nalloc   int                          // allocated ranges
 }
 
 // NewSpace returns the port space FirstSNATPort..LastSNATPort minus the
@@ -153,10 +154,16 @@ func setBit(set *[numWords]uint64, k, b int, v bool) {
 }
 
 func (s *Space) setFree(k, b int, v bool) {
-	setBit(&s.free, k, b, v)
+	w := wordOff[k] + b/64
 	if v {
+		s.free[w] |= 1 << (b % 64)
+		s.freeSum[w/64] |= 1 << (w % 64)
 		s.nfree[k]++
 	} else {
+		s.free[w] &^= 1 << (b % 64)
+		if s.free[w] == 0 {
+			s.freeSum[w/64] &^= 1 << (w % 64)
+		}
 		s.nfree[k]--
 	}
 }
@@ -172,10 +179,20 @@ func (s *Space) insertFree(k, b int) {
 }
 
 // lowestFree returns the lowest free block of order k; nfree[k] must be > 0.
+// The summary bitmap finds the first non-empty word without a scan.
 func (s *Space) lowestFree(k int) int {
-	for w := wordOff[k]; w < wordOff[k+1]; w++ {
-		if x := s.free[w]; x != 0 {
-			return (w-wordOff[k])*64 + bits.TrailingZeros64(x)
+	lo, hi := wordOff[k], wordOff[k+1] // words [lo, hi) hold order k
+	for sw := lo / 64; sw <= (hi-1)/64; sw++ {
+		x := s.freeSum[sw]
+		if sw == lo/64 {
+			x &= ^uint64(0) << (lo % 64)
+		}
+		if sw == (hi-1)/64 {
+			x &= ^uint64(0) >> (63 - (hi-1)%64)
+		}
+		if x != 0 {
+			w := sw*64 + bits.TrailingZeros64(x)
+			return (w-lo)*64 + bits.TrailingZeros64(s.free[w])
 		}
 	}
 	panic("snat: free-block count out of sync") // unreachable: nfree tracks the bits
