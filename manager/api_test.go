@@ -212,7 +212,10 @@ func TestHostileInput(t *testing.T) {
 		{"oversized message", func() error { _, err := tm.vips.CreateVIP(ctx, &api.CreateVIPRequest{Config: huge}); return err }, codes.ResourceExhausted, ""},
 		{"multicast vip", func() error { _, err := tm.vips.GetVIP(ctx, &api.GetVIPRequest{Vip: "224.0.0.1"}); return err }, codes.InvalidArgument, "vip: must not be multicast"},
 		{"no config", func() error { _, err := tm.vips.CreateVIP(ctx, &api.CreateVIPRequest{}); return err }, codes.InvalidArgument, "config"},
-		{"update unknown vip", func() error { _, err := tm.vips.UpdateVIP(ctx, &api.UpdateVIPRequest{Config: vipConfig("198.19.0.39", false, 1)}); return err }, codes.NotFound, "198.19.0.39"},
+		{"update unknown vip", func() error {
+			_, err := tm.vips.UpdateVIP(ctx, &api.UpdateVIPRequest{Config: vipConfig("198.19.0.39", false, 1)})
+			return err
+		}, codes.NotFound, "198.19.0.39"},
 		{"delete unknown vip", func() error { _, err := tm.vips.DeleteVIP(ctx, &api.DeleteVIPRequest{Vip: "198.19.0.39"}); return err }, codes.NotFound, "198.19.0.39"},
 		{"negative wait", func() error {
 			_, err := tm.vips.UpdateVIP(ctx, &api.UpdateVIPRequest{Config: vipConfig(vip, true, 4), WaitForAgents: &durationpb.Duration{Seconds: -1}})
