@@ -1,0 +1,7 @@
+//go:build !linux
+
+package mux
+
+import "unsafe"
+
+func adviseHugePages(p unsafe.Pointer, n uintptr) {}
