@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -413,4 +414,25 @@ func (m *Manager) expireLoop() {
 			}
 		}
 	}
+}
+
+// SaveShard writes this replica's applied state of shard in the state
+// machine's snapshot format (the bytes consensus snapshots hold). Two
+// replicas that applied the same commands write the same bytes, which
+// makes it a consistency check as well as a debugging dump.
+func (m *Manager) SaveShard(shard uint64, w io.Writer) error {
+	sm := m.sm(shard)
+	if sm == nil {
+		return fmt.Errorf("manager: shard %d: %w", shard, consensus.ErrUnknownShard)
+	}
+	return sm.Save(w)
+}
+
+// ShardVersion returns the version of shard this replica applied.
+func (m *Manager) ShardVersion(shard uint64) (uint64, bool) {
+	sm := m.sm(shard)
+	if sm == nil {
+		return 0, false
+	}
+	return sm.version(), true
 }

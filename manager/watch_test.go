@@ -167,4 +167,3 @@ func TestWatchStreamProtocol(t *testing.T) {
 		t.Fatalf("resumed stream sent %v, want the one change after version %d", m, v)
 	}
 }
-
