@@ -78,8 +78,25 @@ func TestSNATFairness(t *testing.T) {
 		}
 		return out
 	}
+	// Another tenant's configuration changes.
+	const other = "198.19.0.3"
+	if _, err := tm.vips.CreateVIP(ctx, &api.CreateVIPRequest{Config: vipConfig(other, false, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	configure := func(n int) []time.Duration {
+		var out []time.Duration
+		for i := 0; i < n; i++ {
+			start := time.Now()
+			if _, err := tm.vips.UpdateVIP(ctx, &api.UpdateVIPRequest{Config: vipConfig(other, false, 1+i%3)}); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, time.Since(start))
+		}
+		return out
+	}
 	measure(20) // warm up
 	unloaded := measure(100)
+	cfgUnloaded := configure(30)
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -104,6 +121,7 @@ func TestSNATFairness(t *testing.T) {
 	waitFor(t, 30*time.Second, "the flood to run", func() bool { return flood.Load() >= 2000 })
 	f0 := flood.Load()
 	loaded := measure(100)
+	cfgLoaded := configure(30)
 	f1 := flood.Load()
 	close(stop)
 	wg.Wait()
@@ -116,5 +134,10 @@ func TestSNATFairness(t *testing.T) {
 	}
 	if ml > 2*mu {
 		t.Fatalf("median latency under flood %v is more than 2x the unloaded %v", ml, mu)
+	}
+	cu, cl := median(cfgUnloaded), median(cfgLoaded)
+	t.Logf("another tenant's VIP update median latency: unloaded %v, under flood %v (%.2fx)", cu, cl, float64(cl)/float64(cu))
+	if cl > 2*cu {
+		t.Fatalf("VIP configuration under a SNAT flood: median %v, more than 2x the unloaded %v", cl, cu)
 	}
 }
