@@ -65,7 +65,7 @@ func Rewrite(b []byte, p *Packet, f Field, addr netip.Addr, port uint16) error {
 	if f > Dst {
 		return errField
 	}
-	if p.TotalLen > len(b) || p.csum+2 > p.TotalLen || (p.ports && p.L4Offset+4 > p.TotalLen) {
+	if p.TotalLen > len(b) || p.csum < 0 || p.csum+2 > p.TotalLen || p.L4Offset < 0 || (p.ports && p.L4Offset+4 > p.TotalLen) {
 		return errPacketMismatch
 	}
 	var d uint32 // delta of the pseudo-header's address words
@@ -177,8 +177,8 @@ func RewriteQuoted(b []byte, p *Packet, f Field, addr netip.Addr, port uint16) e
 		return errNotICMPError
 	}
 	q := p.InnerOffset
-	if p.TotalLen > len(b) || p.csum+2 > p.TotalLen || p.innerCsum+2 > p.TotalLen ||
-		(p.innerPorts && p.InnerL4Offset+4 > p.TotalLen) || p.csum == 0 {
+	if p.TotalLen > len(b) || p.csum <= 0 || p.csum+2 > p.TotalLen || p.innerCsum < 0 || p.innerCsum+2 > p.TotalLen ||
+		q < 0 || p.InnerL4Offset < 0 || (p.innerPorts && p.InnerL4Offset+4 > p.TotalLen) {
 		return errPacketMismatch
 	}
 	var d, icmp uint32 // pseudo-header/transport delta of the quote; ICMP message delta

@@ -156,20 +156,20 @@ type Packet struct {
 // and does not allocate.
 func Parse(b []byte, p *Packet) error {
 	*p = Packet{}
-	end, err := parseIP(b, p, false)
-	if err != nil {
+	var h hdr
+	if err := parseIP(b, p, &h, false); err != nil {
 		return err
 	}
-	b = b[:end]
-	icmpError, err := transport(b, p, false)
+	b = b[:h.end]
+	icmpError, err := transport(b, p, &h, false)
 	if err != nil {
 		return err
 	}
 	switch {
 	case icmpError:
-		return parseQuote(b, p.L4Offset+8, p)
-	case (p.Tuple.Proto == protoIPIP || p.Tuple.Proto == protoIPv6) && p.Fragment == NotFragment:
-		return parseTunnelled(b, p.L4Offset, p)
+		return parseQuote(b, h.l4+8, p)
+	case (h.proto == protoIPIP || h.proto == protoIPv6) && h.frag == NotFragment:
+		return parseTunnelled(b, h.l4, p)
 	}
 	return nil
 }
@@ -177,14 +177,14 @@ func Parse(b []byte, p *Packet) error {
 // parseQuote parses the packet quoted at b[q:] in an ICMP error.
 func parseQuote(b []byte, q int, p *Packet) error {
 	var in Packet
-	end, err := parseIP(b[q:], &in, true)
-	if err != nil {
+	var h hdr
+	if err := parseIP(b[q:], &in, &h, true); err != nil {
 		return err
 	}
 	if in.Version != p.Version {
 		return errQuoteVersion
 	}
-	_, _ = transport(b[q:q+end], &in, true) // lenient: never fails
+	_, _ = transport(b[q:q+h.end], &in, &h, true) // lenient: never fails
 	p.ICMPError = true
 	p.Inner = in.Tuple
 	p.InnerOffset, p.InnerL4Offset = q, q+in.L4Offset
@@ -198,14 +198,14 @@ func parseQuote(b []byte, q int, p *Packet) error {
 // parseTunnelled parses the packet inside an IP-in-IP packet at b[off:].
 func parseTunnelled(b []byte, off int, p *Packet) error {
 	var in Packet
-	end, err := parseIP(b[off:], &in, false)
-	if err != nil {
+	var h hdr
+	if err := parseIP(b[off:], &in, &h, false); err != nil {
 		return err
 	}
 	if (in.Version == 4) != (p.Tuple.Proto == protoIPIP) {
 		return errInnerVersion
 	}
-	if _, err := transport(b[off:off+end], &in, false); err != nil {
+	if _, err := transport(b[off:off+h.end], &in, &h, false); err != nil {
 		return err
 	}
 	p.Encapsulated = true
@@ -214,70 +214,85 @@ func parseTunnelled(b []byte, off int, p *Packet) error {
 	return nil
 }
 
+// hdr repeats what parseIP stored in the Packet that the next steps need,
+// so that they need not load it back: a narrow load right after the wide
+// stores that zeroed the Packet misses store forwarding and stalls. It is
+// passed by pointer because a returned struct is copied through memory in
+// the same way.
+type hdr struct {
+	end     int // where the packet ends in the slice
+	l4      int // L4Offset
+	proto   uint8
+	version uint8
+	frag    FragmentKind
+}
+
 // parseIP parses the IP header chain at the start of b into the IP fields
 // of p (Version, TOS, TTL, DF, Fragment, Tuple addresses and protocol,
-// L4Offset, TotalLen, routing) and returns where the packet ends in b. For
-// a quoted packet the declared length may exceed b: the packet ends with b.
-func parseIP(b []byte, p *Packet, quoted bool) (end int, err error) {
+// L4Offset, TotalLen, routing). For a quoted packet the declared length may
+// exceed b: the packet ends with b.
+func parseIP(b []byte, p *Packet, h *hdr, quoted bool) error {
 	if len(b) == 0 {
-		return 0, errEmpty
+		return errEmpty
 	}
 	switch b[0] >> 4 {
 	case 4:
-		return parseIPv4(b, p, quoted)
+		return parseIPv4(b, p, h, quoted)
 	case 6:
-		return parseIPv6(b, p, quoted)
+		return parseIPv6(b, p, h, quoted)
 	}
-	return 0, ErrBadVersion
+	return ErrBadVersion
 }
 
-func parseIPv4(b []byte, p *Packet, quoted bool) (int, error) {
+func parseIPv4(b []byte, p *Packet, h *hdr, quoted bool) error {
 	if len(b) < 20 {
-		return 0, errV4Short
+		return errV4Short
 	}
 	hl := int(b[0]&0x0f) * 4
 	if hl < 20 {
-		return 0, errIHLSmall
+		return errIHLSmall
 	}
 	if hl > len(b) {
-		return 0, errIHLPastEnd
+		return errIHLPastEnd
 	}
 	total := int(binary.BigEndian.Uint16(b[2:]))
 	if total < hl {
-		return 0, errTotalBelowHdr
+		return errTotalBelowHdr
 	}
 	end := total
 	if total > len(b) {
 		if !quoted {
-			return 0, errTotalPastEnd
+			return errTotalPastEnd
 		}
 		end = len(b)
 	}
 	fo := binary.BigEndian.Uint16(b[6:])
+	frag := NotFragment
 	switch {
 	case fo&0x1fff != 0:
-		p.Fragment = LaterFragment
+		frag = LaterFragment
 	case fo&0x2000 != 0:
-		p.Fragment = FirstFragment
+		frag = FirstFragment
 	}
-	p.Version, p.TOS, p.TTL = 4, b[1], b[8]
+	p.Version, p.TOS, p.TTL, p.Fragment = 4, b[1], b[8], frag
 	p.DF = fo&0x4000 != 0
 	p.Tuple.Proto = ananta.Protocol(b[9])
 	p.Tuple.Src = netip.AddrFrom4([4]byte(b[12:16]))
 	p.Tuple.Dst = netip.AddrFrom4([4]byte(b[16:20]))
 	p.L4Offset, p.TotalLen = hl, total
-	return end, nil
+	h.end, h.l4, h.proto, h.version, h.frag = end, hl, b[9], 4, frag
+	return nil
 }
 
-func parseIPv6(b []byte, p *Packet, quoted bool) (int, error) {
+func parseIPv6(b []byte, p *Packet, h *hdr, quoted bool) error {
 	if len(b) < 40 {
-		return 0, errV6Short
+		return errV6Short
 	}
 	total := 40 + int(binary.BigEndian.Uint16(b[4:]))
 	end := total
 	if total > len(b) {
 		if !quoted {
-			return 0, errTotalPastEnd
+			return errTotalPastEnd
 		}
 		end = len(b)
 	}
@@ -285,25 +300,27 @@ func parseIPv6(b []byte, p *Packet, quoted bool) (int, error) {
 	p.Tuple.Src = netip.AddrFrom16([16]byte(b[8:24]))
 	p.Tuple.Dst = netip.AddrFrom16([16]byte(b[24:40]))
 	p.TotalLen = total
-	nh, off, err := walkExtensions(b[:end], b[6], 40, p)
+	nh, off, frag, err := walkExtensions(b[:end], b[6], 40, p)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	p.Tuple.Proto, p.L4Offset = ananta.Protocol(nh), off
-	return end, nil
+	p.Tuple.Proto, p.L4Offset, p.Fragment = ananta.Protocol(nh), off, frag
+	h.end, h.l4, h.proto, h.version, h.frag = end, off, nh, 6, frag
+	return nil
 }
 
 // walkExtensions follows the IPv6 extension headers of b from next header
 // nh at offset off and returns the header that ends the chain and its
-// offset. It records a fragment header and a routing header with segments
-// left in p. A later fragment ends the walk at the fragment data.
-func walkExtensions(b []byte, nh uint8, off int, p *Packet) (uint8, int, error) {
+// offset, and what a fragment header says. It records a routing header with
+// segments left in p. A later fragment ends the walk at the fragment data.
+func walkExtensions(b []byte, nh uint8, off int, p *Packet) (uint8, int, FragmentKind, error) {
+	frag := NotFragment
 	for range MaxExtensionHeaders {
 		var n int
 		switch nh {
 		case protoHopByHop, protoRouting, protoDstOpts:
 			if off+8 > len(b) {
-				return 0, 0, errExtPastEnd
+				return 0, 0, 0, errExtPastEnd
 			}
 			n = (int(b[off+1]) + 1) * 8
 			if nh == protoRouting && b[off+3] != 0 {
@@ -311,48 +328,47 @@ func walkExtensions(b []byte, nh uint8, off int, p *Packet) (uint8, int, error) 
 			}
 		case protoAH:
 			if off+8 > len(b) {
-				return 0, 0, errExtPastEnd
+				return 0, 0, 0, errExtPastEnd
 			}
 			n = (int(b[off+1]) + 2) * 4
 		case protoFragment:
 			if off+8 > len(b) {
-				return 0, 0, errExtPastEnd
+				return 0, 0, 0, errExtPastEnd
 			}
 			fo := binary.BigEndian.Uint16(b[off+2:])
 			if fo&0xfff8 != 0 {
-				p.Fragment = LaterFragment
-				return b[off], off + 8, nil
+				return b[off], off + 8, LaterFragment, nil
 			}
 			if fo&1 != 0 {
-				p.Fragment = FirstFragment
+				frag = FirstFragment
 			}
 			n = 8
 		default:
-			return nh, off, nil
+			return nh, off, frag, nil
 		}
 		if off+n > len(b) {
-			return 0, 0, errExtPastEnd
+			return 0, 0, 0, errExtPastEnd
 		}
 		nh = b[off]
 		off += n
 	}
 	switch nh {
 	case protoHopByHop, protoRouting, protoDstOpts, protoAH, protoFragment:
-		return 0, 0, errExtTooMany
+		return 0, 0, 0, errExtTooMany
 	}
-	return nh, off, nil
+	return nh, off, frag, nil
 }
 
-// transport reads the transport header at b[p.L4Offset:] (b ends with the
+// transport reads the transport header at b[h.l4:] (b ends with the
 // packet) into the ports, TCP flags, ICMP type and code and checksum offset
 // of p, and reports an ICMP error message. A quoted transport header may be
 // cut short: then only what is there is read, and transport does not fail.
-func transport(b []byte, p *Packet, quoted bool) (icmpError bool, err error) {
-	if p.Fragment == LaterFragment {
+func transport(b []byte, p *Packet, h *hdr, quoted bool) (icmpError bool, err error) {
+	if h.frag == LaterFragment {
 		return false, nil
 	}
-	off := p.L4Offset
-	switch p.Tuple.Proto {
+	off := h.l4
+	switch h.proto {
 	case protoTCP:
 		if quoted {
 			if off+8 <= len(b) {
@@ -383,7 +399,7 @@ func transport(b []byte, p *Packet, quoted bool) (icmpError bool, err error) {
 			}
 			return false, errUDPShort
 		}
-		if !quoted && p.Fragment == NotFragment {
+		if !quoted && h.frag == NotFragment {
 			if ulen := int(binary.BigEndian.Uint16(b[off+4:])); ulen < 8 || off+ulen > len(b) {
 				return false, errUDPLength
 			}
@@ -391,7 +407,7 @@ func transport(b []byte, p *Packet, quoted bool) (icmpError bool, err error) {
 		p.Tuple.SrcPort, p.Tuple.DstPort, p.ports = binary.BigEndian.Uint16(b[off:]), binary.BigEndian.Uint16(b[off+2:]), true
 		p.csum = off + 6
 	case protoICMP, protoICMPv6:
-		if (p.Tuple.Proto == protoICMP) != (p.Version == 4) {
+		if (h.proto == protoICMP) != (h.version == 4) {
 			return false, nil // ICMP in IPv6 or ICMPv6 in IPv4: an unknown protocol
 		}
 		if quoted {
@@ -406,7 +422,7 @@ func transport(b []byte, p *Packet, quoted bool) (icmpError bool, err error) {
 		}
 		p.ICMPType, p.ICMPCode = b[off], b[off+1]
 		p.csum = off + 2
-		return isICMPError(p.Version, p.ICMPType), nil
+		return isICMPError(h.version, b[off]), nil
 	}
 	return false, nil
 }

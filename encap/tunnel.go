@@ -173,30 +173,50 @@ func Decap(b []byte) (inner []byte, outerSrc netip.Addr, err error) {
 	if len(b) == 0 {
 		return nil, netip.Addr{}, errEmpty
 	}
-	var (
-		l   Packet
-		end int
-	)
+	var h hdr
 	switch b[0] >> 4 {
 	case 4:
-		if end, err = parseIPv4(b, &l, false); err != nil {
-			return nil, netip.Addr{}, err
+		// Checked here rather than with parseIPv4: Decap needs none of the
+		// rest of a Packet.
+		if len(b) < 20 {
+			return nil, netip.Addr{}, errV4Short
 		}
-		if l.Fragment == NotFragment && Checksum(b[:l.L4Offset]) != 0 {
+		hl := int(b[0]&0x0f) * 4
+		if hl < 20 {
+			return nil, netip.Addr{}, errIHLSmall
+		}
+		if hl > len(b) {
+			return nil, netip.Addr{}, errIHLPastEnd
+		}
+		total := int(binary.BigEndian.Uint16(b[2:]))
+		if total < hl {
+			return nil, netip.Addr{}, errTotalBelowHdr
+		}
+		if total > len(b) {
+			return nil, netip.Addr{}, errTotalPastEnd
+		}
+		if binary.BigEndian.Uint16(b[6:])&0x3fff != 0 {
+			return nil, netip.Addr{}, errOuterFragment
+		}
+		if Checksum(b[:hl]) != 0 {
 			return nil, netip.Addr{}, errOuterChecksum
 		}
+		h.end, h.l4, h.proto = total, hl, b[9]
+		outerSrc = netip.AddrFrom4([4]byte(b[12:16]))
 	case 6:
-		if end, err = parseIPv6(b, &l, false); err != nil {
+		var l Packet
+		if err = parseIPv6(b, &l, &h, false); err != nil {
 			return nil, netip.Addr{}, err
 		}
+		if h.frag != NotFragment {
+			return nil, netip.Addr{}, errOuterFragment
+		}
+		outerSrc = l.Tuple.Src
 	default:
 		return nil, netip.Addr{}, ErrBadVersion
 	}
-	if l.Fragment != NotFragment {
-		return nil, netip.Addr{}, errOuterFragment
-	}
-	in := b[l.L4Offset:end]
-	switch l.Tuple.Proto {
+	in := b[h.l4:h.end]
+	switch h.proto {
 	case protoIPIP:
 		if len(in) == 0 || in[0]>>4 != 4 {
 			return nil, netip.Addr{}, errInnerVersion
@@ -214,12 +234,18 @@ func Decap(b []byte) (inner []byte, outerSrc netip.Addr, err error) {
 	default:
 		return nil, netip.Addr{}, errNotTunnel
 	}
-	if outer := l.TOS & 3; outer == ecnCE || outer == ecnECT1 {
+	var outer uint8 // ECN
+	if b[0]>>4 == 4 {
+		outer = b[1] & 3
+	} else {
+		outer = b[1] >> 4 & 3
+	}
+	if outer == ecnCE || outer == ecnECT1 {
 		if err := decapECN(in, outer); err != nil {
 			return nil, netip.Addr{}, err
 		}
 	}
-	return in, l.Tuple.Src, nil
+	return in, outerSrc, nil
 }
 
 // ECN codepoints (RFC 3168).
