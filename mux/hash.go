@@ -13,8 +13,8 @@ import (
 const (
 	flowMulA = 0xff51afd7ed558ccd // lane a multiplier (MurmurHash3 fmix64)
 	flowMulB = 0xc4ceb9fe1a85ec53 // lane b multiplier (MurmurHash3 fmix64)
-	mixMul1 = 0xbf58476d1ce4e5b9 // splitmix64 finalizer
-	mixMul2 = 0x94d049bb133111eb
+	mixMul1  = 0xbf58476d1ce4e5b9 // splitmix64 finalizer
+	mixMul2  = 0x94d049bb133111eb
 )
 
 // flowKey is the packed 5-tuple: the flow hash input and the flow table

@@ -51,7 +51,7 @@ type BackendStats struct {
 }
 
 // Dropped returns the total of Drops.
-func (s *Stats) Dropped() uint64 {
+func (s Stats) Dropped() uint64 {
 	var n uint64
 	for _, d := range s.Drops {
 		n += d
