@@ -20,7 +20,7 @@ type expiredSNAT struct {
 // resetInfo is what an idle RST pair needs.
 type resetInfo struct {
 	v6                  bool
-	remote, ext, in     [16]byte
+	remote, ext, in     paddr
 	rport, extP, inPort uint16
 	ackOut, ackIn       uint32
 	vm                  int
@@ -161,7 +161,7 @@ func (e *Engine) releaseHeld(now int64, emit func(v Verdict, vm int, pkt []byte)
 
 // buildRST appends a TCP RST segment (no ACK) from src:sport to dst:dport
 // with sequence number seq, in an IPv4 or IPv6 packet, to b.
-func buildRST(b []byte, v6 bool, src, dst [16]byte, sport, dport uint16, seq uint32) []byte {
+func buildRST(b []byte, v6 bool, src, dst paddr, sport, dport uint16, seq uint32) []byte {
 	var tcp [20]byte
 	binary.BigEndian.PutUint16(tcp[0:], sport)
 	binary.BigEndian.PutUint16(tcp[2:], dport)
@@ -176,8 +176,9 @@ func buildRST(b []byte, v6 bool, src, dst [16]byte, sport, dport uint16, seq uin
 		h[0] = 6 << 4
 		binary.BigEndian.PutUint16(h[4:], uint16(len(tcp)))
 		h[6], h[7] = uint8(ananta.ProtocolTCP), encap.DefaultTTL
-		copy(h[8:24], src[:])
-		copy(h[24:40], dst[:])
+		sa, da := s.As16(), d.As16()
+		copy(h[8:24], sa[:])
+		copy(h[24:40], da[:])
 		b = append(b, h[:]...)
 	} else {
 		var h [20]byte
@@ -185,8 +186,9 @@ func buildRST(b []byte, v6 bool, src, dst [16]byte, sport, dport uint16, seq uin
 		binary.BigEndian.PutUint16(h[2:], uint16(len(h)+len(tcp)))
 		binary.BigEndian.PutUint16(h[6:], 0x4000) // DF
 		h[8], h[9] = encap.DefaultTTL, uint8(ananta.ProtocolTCP)
-		copy(h[12:16], src[:4])
-		copy(h[16:20], dst[:4])
+		sa, da := s.As4(), d.As4()
+		copy(h[12:16], sa[:])
+		copy(h[16:20], da[:])
 		binary.BigEndian.PutUint16(h[10:], encap.Checksum(h[:]))
 		b = append(b, h[:]...)
 	}

@@ -94,9 +94,9 @@ func (e *Engine) endFlow(pkt []byte) {
 	encap.Parse(pkt, &p)
 	q := p.Tuple.Reverse()
 	k := makeKey(&q, false)
-	s := e.flows.shardFor(&k)
+	s, h := e.flows.locate(&k)
 	s.mu.Lock()
-	f, slot, ok := s.lookup(&k)
+	f, slot, ok := s.lookup(&k, h)
 	if !ok {
 		s.mu.Unlock()
 		panic("no flow")

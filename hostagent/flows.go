@@ -1,7 +1,9 @@
 package hostagent
 
 import (
+	"crypto/rand"
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -10,12 +12,36 @@ import (
 	"github.com/ananta-go/ananta/encap"
 )
 
-// flowKey is a packed 5-tuple as seen on one side of the host: 38 bytes
-// without padding, so that the map hashes it as one block of memory.
-// Addresses are packed (see pack); flags keep IPv4 apart from IPv6 and the
-// outside's keys apart from the VMs'.
+// paddr is an address packed in two words: the 16 bytes of an IPv6
+// address, or the 4 bytes of an IPv4 address followed by zeros, read in
+// little-endian order (the same words a packet's header bytes load into).
+type paddr [2]uint64
+
+// pack packs an address.
+func pack(a netip.Addr) paddr {
+	if a.Is4() {
+		b := a.As4()
+		return paddr{uint64(binary.LittleEndian.Uint32(b[:])), 0}
+	}
+	b := a.As16()
+	return paddr{binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[8:])}
+}
+
+// addrOf unpacks an address.
+func addrOf(p paddr, v6 bool) netip.Addr {
+	if !v6 {
+		return netip.AddrFrom4([4]byte{byte(p[0]), byte(p[0] >> 8), byte(p[0] >> 16), byte(p[0] >> 24)})
+	}
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], p[0])
+	binary.LittleEndian.PutUint64(b[8:], p[1])
+	return netip.AddrFrom16(b)
+}
+
+// flowKey is a packed 5-tuple as seen on one side of the host. flags keep
+// IPv4 apart from IPv6 and the outside's keys apart from the VMs'.
 type flowKey struct {
-	src, dst     [16]byte
+	src, dst     paddr
 	sport, dport uint16
 	proto        uint8
 	flags        uint8
@@ -25,26 +51,6 @@ const (
 	keyV6     = 1 << 0 // IPv6 packet
 	keyFromVM = 1 << 1 // key of packets sent by a VM (the "in" side)
 )
-
-// pack stores an address in 16 bytes: an IPv4 address in the first four,
-// the rest zero; an IPv6 address whole.
-func pack(a netip.Addr) [16]byte {
-	if a.Is4() {
-		var b [16]byte
-		v := a.As4()
-		copy(b[:4], v[:])
-		return b
-	}
-	return a.As16()
-}
-
-// addrOf converts a packed address back to netip.Addr.
-func addrOf(b [16]byte, v6 bool) netip.Addr {
-	if v6 {
-		return netip.AddrFrom16(b)
-	}
-	return netip.AddrFrom4([4]byte(b[:4]))
-}
 
 func makeKey(t *ananta.FiveTuple, fromVM bool) flowKey {
 	k := flowKey{src: pack(t.Src), dst: pack(t.Dst), sport: t.SrcPort, dport: t.DstPort, proto: uint8(t.Proto)}
@@ -60,16 +66,15 @@ func makeKey(t *ananta.FiveTuple, fromVM bool) flowKey {
 // packetKey is makeKey for the packet p parsed from b, reading the
 // addresses straight from the IP header.
 func packetKey(b []byte, p *encap.Packet, fromVM bool) flowKey {
-	var k flowKey
+	k := flowKey{sport: p.Tuple.SrcPort, dport: p.Tuple.DstPort, proto: uint8(p.Tuple.Proto)}
 	if p.Version == 4 {
-		copy(k.src[:4], b[12:16])
-		copy(k.dst[:4], b[16:20])
+		k.src[0] = uint64(binary.LittleEndian.Uint32(b[12:16]))
+		k.dst[0] = uint64(binary.LittleEndian.Uint32(b[16:20]))
 	} else {
-		copy(k.src[:], b[8:24])
-		copy(k.dst[:], b[24:40])
+		k.src = paddr{binary.LittleEndian.Uint64(b[8:16]), binary.LittleEndian.Uint64(b[16:24])}
+		k.dst = paddr{binary.LittleEndian.Uint64(b[24:32]), binary.LittleEndian.Uint64(b[32:40])}
 		k.flags = keyV6
 	}
-	k.sport, k.dport, k.proto = p.Tuple.SrcPort, p.Tuple.DstPort, uint8(p.Tuple.Proto)
 	if fromVM {
 		k.flags |= keyFromVM
 	}
@@ -79,11 +84,11 @@ func packetKey(b []byte, p *encap.Packet, fromVM bool) flowKey {
 // remote returns the outside party of the key: the source of an outside
 // key, the destination of a VM key. Both keys of a flow share it, so it
 // picks the shard.
-func (k *flowKey) remote() (*[16]byte, uint16) {
+func (k *flowKey) remote() (paddr, uint16) {
 	if k.flags&keyFromVM != 0 {
-		return &k.dst, k.dport
+		return k.dst, k.dport
 	}
-	return &k.src, k.sport
+	return k.src, k.sport
 }
 
 func (k *flowKey) v6() bool { return k.flags&keyV6 != 0 }
@@ -111,7 +116,7 @@ type flow struct {
 	out, in flowKey // keys of packets from the outside and from the VM
 	// extAddr:extPort is what the outside sees (VIP:port); inAddr:inPort
 	// is what the VM sees (DIP:port, or VIP:port for a floating IP).
-	extAddr, inAddr [16]byte
+	extAddr, inAddr paddr
 	extPort, inPort uint16
 	last, timeout   int64  // Unix ns of the last packet; idle timeout in ns
 	ackOut, ackIn   uint32 // see stAckOut, stAckIn
@@ -183,18 +188,25 @@ const (
 // numShards is the number of independently locked parts of the flow table.
 const numShards = 64
 
-// Slot values in a shard's index: slot<<1 | side.
+// Sides of a flow's keys.
 const (
 	sideOut = 0
 	sideIn  = 1
 )
 
-// shard is one part of the flow table. Both keys of a flow live in the
-// shard of the flow's remote party, so one lock covers a flow.
+// shard is one part of the flow table: a slab of flows and an
+// open-addressing index (linear probing, backward-shift deletion) over
+// their two keys. Both keys of a flow live in the shard of the flow's
+// remote party, so one lock covers a flow.
+//
+// An index entry is 0 when empty, else the low 32 bits of the key's hash
+// (which give the home bucket and a tag) above (slot<<1 | side) + 1.
 type shard struct {
-	// mu guards index, slots and free.
+	// mu guards the fields below.
 	mu    sync.Mutex
-	index map[flowKey]uint32
+	index []uint64
+	mask  uint32
+	n     int // index entries used
 	slots []flow
 	free  []uint32
 	_     [64]byte // keep neighbouring shards' locks off one cache line
@@ -206,49 +218,150 @@ type flowTable struct {
 	shards [numShards]shard
 	count  atomic.Int64
 	max    int64
+	seed   [4]uint64
 }
+
+const minIndex = 64
 
 func newFlowTable(max int) *flowTable {
 	t := &flowTable{max: int64(max)}
-	per := max/numShards + 1
-	hint := min(per, 256)
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("hostagent: crypto/rand: " + err.Error()) // unreachable: rand.Read does not fail on Linux
+	}
+	for i := range t.seed {
+		t.seed[i] = binary.LittleEndian.Uint64(b[8*i:]) | 1
+	}
 	for i := range t.shards {
-		t.shards[i].index = make(map[flowKey]uint32, 2*hint)
-		t.shards[i].slots = make([]flow, 0, hint)
+		t.shards[i].index = make([]uint64, minIndex)
+		t.shards[i].mask = minIndex - 1
 	}
 	return t
 }
 
+func mix(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
+}
+
+// hash hashes a key with the table's secret seed, so that remote parties
+// cannot aim many keys at one bucket.
+func (t *flowTable) hash(k *flowKey) uint64 {
+	a := mix(k.src[0]^t.seed[0], k.src[1]^t.seed[1])
+	b := mix(k.dst[0]^t.seed[2], k.dst[1]^t.seed[3])
+	c := uint64(k.sport) | uint64(k.dport)<<16 | uint64(k.proto)<<32 | uint64(k.flags)<<40
+	return mix(a^c^t.seed[1], b^t.seed[0])
+}
+
 // shardOf returns the shard of a remote address and port.
-func (t *flowTable) shardOf(a *[16]byte, port uint16) *shard {
-	x := binary.LittleEndian.Uint64(a[0:8])*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(a[8:16]) ^ uint64(port)<<48
+func (t *flowTable) shardOf(a paddr, port uint16) *shard {
+	x := (a[0]^a[1]*0x9e3779b97f4a7c15^uint64(port)<<48)*0xbf58476d1ce4e5b9 ^ t.seed[2]
+	x ^= x >> 31
+	x *= 0x94d049bb133111eb
 	x ^= x >> 29
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 32
 	return &t.shards[x%numShards]
 }
 
-func (t *flowTable) shardFor(k *flowKey) *shard {
+// locate returns the shard of k and k's hash.
+func (t *flowTable) locate(k *flowKey) (*shard, uint64) {
 	a, p := k.remote()
-	return t.shardOf(a, p)
+	return t.shardOf(a, p), t.hash(k)
 }
 
-// lookup finds the flow of key k. s.mu must be held.
-func (s *shard) lookup(k *flowKey) (*flow, uint32, bool) {
-	v, ok := s.index[*k]
-	if !ok {
-		return nil, 0, false
+// keyOf returns the key an index entry refers to.
+func (s *shard) keyOf(e uint64) *flowKey {
+	ref := uint32(e) - 1
+	f := &s.slots[ref>>1]
+	if ref&1 == sideIn {
+		return &f.in
 	}
-	return &s.slots[v>>1], v >> 1, true
+	return &f.out
+}
+
+// lookup finds the flow of key k with hash h. s.mu must be held.
+func (s *shard) lookup(k *flowKey, h uint64) (*flow, uint32, bool) {
+	tag := uint32(h)
+	for i := tag & s.mask; ; i = (i + 1) & s.mask {
+		e := s.index[i]
+		if e == 0 {
+			return nil, 0, false
+		}
+		if uint32(e>>32) == tag && *s.keyOf(e) == *k {
+			slot := (uint32(e) - 1) >> 1
+			return &s.slots[slot], slot, true
+		}
+	}
+}
+
+// put adds an index entry for a key with hash h. s.mu must be held.
+func (s *shard) put(h uint64, ref uint32) {
+	if (s.n+1)*4 > len(s.index)*3 {
+		s.grow()
+	}
+	i := uint32(h) & s.mask
+	for s.index[i] != 0 {
+		i = (i + 1) & s.mask
+	}
+	s.index[i] = uint64(uint32(h))<<32 | uint64(ref+1)
+	s.n++
+}
+
+func (s *shard) grow() {
+	old := s.index
+	s.index = make([]uint64, 2*len(old))
+	s.mask = uint32(len(s.index) - 1)
+	for _, e := range old {
+		if e == 0 {
+			continue
+		}
+		i := uint32(e>>32) & s.mask
+		for s.index[i] != 0 {
+			i = (i + 1) & s.mask
+		}
+		s.index[i] = e
+	}
+}
+
+// del removes the index entry of key k with hash h, which must be present.
+// s.mu must be held.
+func (s *shard) del(k *flowKey, h uint64) {
+	tag := uint32(h)
+	i := tag & s.mask
+	for {
+		e := s.index[i]
+		if e == 0 {
+			return // unreachable: the key is present
+		}
+		if uint32(e>>32) == tag && *s.keyOf(e) == *k {
+			break
+		}
+		i = (i + 1) & s.mask
+	}
+	// Backward-shift deletion: move later entries of the run into the hole
+	// when the hole lies between their home bucket and their position.
+	for j := (i + 1) & s.mask; ; j = (j + 1) & s.mask {
+		e := s.index[j]
+		if e == 0 {
+			break
+		}
+		home := uint32(e>>32) & s.mask
+		if (j-home)&s.mask >= (j-i)&s.mask {
+			s.index[i] = e
+			i = j
+		}
+	}
+	s.index[i] = 0
+	s.n--
 }
 
 // insert adds f to s. s.mu must be held. It fails with DropTableFull when
 // the table is full and DropConflict when either key is taken.
 func (t *flowTable) insert(s *shard, f *flow) (*flow, DropReason) {
-	if _, dup := s.index[f.out]; dup {
+	ho, hi := t.hash(&f.out), t.hash(&f.in)
+	if _, _, dup := s.lookup(&f.out, ho); dup {
 		return nil, DropConflict
 	}
-	if _, dup := s.index[f.in]; dup {
+	if _, _, dup := s.lookup(&f.in, hi); dup {
 		return nil, DropConflict
 	}
 	if t.count.Add(1) > t.max {
@@ -265,9 +378,9 @@ func (t *flowTable) insert(s *shard, f *flow) (*flow, DropReason) {
 	}
 	f.live = true
 	s.slots[slot] = *f
-	s.index[f.out] = slot<<1 | sideOut
-	s.index[f.in] = slot<<1 | sideIn
-	return &s.slots[slot], sideOut
+	s.put(ho, slot<<1|sideOut)
+	s.put(hi, slot<<1|sideIn)
+	return &s.slots[slot], DropNone
 }
 
 // remove deletes the flow in slot. s.mu must be held.
@@ -276,8 +389,8 @@ func (t *flowTable) remove(s *shard, slot uint32) {
 	if !f.live {
 		return
 	}
-	delete(s.index, f.out)
-	delete(s.index, f.in)
+	s.del(&f.out, t.hash(&f.out))
+	s.del(&f.in, t.hash(&f.in))
 	*f = flow{}
 	s.free = append(s.free, slot)
 	t.count.Add(-1)

@@ -140,9 +140,9 @@ func (e *Engine) ProcessInbound(b []byte, start, end int) Result {
 	}
 	now := e.now.Load()
 	k := packetKey(in, &p, false)
-	s := e.flows.shardFor(&k)
+	s, h := e.flows.locate(&k)
 	s.mu.Lock()
-	f, _, ok := s.lookup(&k)
+	f, _, ok := s.lookup(&k, h)
 	if !ok {
 		var r DropReason
 		if f, r = e.newInbound(s, &k, &p, odst, now); f == nil {
@@ -228,9 +228,9 @@ func (e *Engine) newInbound(s *shard, k *flowKey, p *encap.Packet, odst netip.Ad
 func (e *Engine) inboundICMPError(b []byte, p *encap.Packet, start, end int) Result {
 	q := p.Inner.Reverse()
 	k := makeKey(&q, false)
-	s := e.flows.shardFor(&k)
+	s, h := e.flows.locate(&k)
 	s.mu.Lock()
-	f, _, ok := s.lookup(&k)
+	f, _, ok := s.lookup(&k, h)
 	if !ok {
 		s.mu.Unlock()
 		return drop(DropNoFlow)
@@ -288,9 +288,9 @@ func (e *Engine) outbound(vm int, b []byte, start, end int, heldAt int64) Result
 	}
 	now := e.now.Load()
 	k := packetKey(pkt, &p, true)
-	s := e.flows.shardFor(&k)
+	s, h := e.flows.locate(&k)
 	s.mu.Lock()
-	f, _, ok := s.lookup(&k)
+	f, _, ok := s.lookup(&k, h)
 	if !ok {
 		var r Result
 		if f, r = e.newOutbound(s, &k, vm, pkt, &p, now, heldAt); f == nil {
@@ -379,9 +379,9 @@ func (e *Engine) newOutbound(s *shard, k *flowKey, vm int, pkt []byte, p *encap.
 func (e *Engine) outboundICMPError(vm int, b []byte, p *encap.Packet, start, end int) Result {
 	q := p.Inner.Reverse()
 	k := makeKey(&q, true)
-	s := e.flows.shardFor(&k)
+	s, h := e.flows.locate(&k)
 	s.mu.Lock()
-	f, _, ok := s.lookup(&k)
+	f, _, ok := s.lookup(&k, h)
 	if !ok {
 		s.mu.Unlock()
 		return drop(DropNoFlow)

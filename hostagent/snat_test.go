@@ -257,3 +257,72 @@ func TestSNATRemoveRangesEndsFlows(t *testing.T) {
 		t.Fatalf("orphaned ranges %+v", got)
 	}
 }
+
+func TestSNATDemandPredictionAsksAhead(t *testing.T) {
+	e := newEngine(t, snatVIP())
+	if err := e.AddSNATRanges(vipAddr, dip1, []ananta.PortRange{{First: 2048, Last: 2079}}); err != nil {
+		t.Fatal(err)
+	}
+	if needs := e.SNATNeeds(t0); len(needs) != 0 {
+		t.Fatalf("needs %+v with a full pool and no demand", needs)
+	}
+	// 28 connections to one server use 28 of 32 ports: below the low-water
+	// mark (8) with demand seen, so the pool asks for more before it is dry.
+	for i := range 28 {
+		r, _ := e.out(t, 0, build(pktSpec{src: netip.AddrPortFrom(dip1, uint16(30000+i)), dst: ap("198.18.50.2:443"), proto: ananta.ProtocolTCP, flags: tcpSYN}))
+		wantVerdict(t, r, ToUplink, DropNone)
+	}
+	needs := e.SNATNeeds(t0)
+	if len(needs) != 1 || needs[0].DIP != dip1 || needs[0].Held != 0 || needs[0].Ports < 32 {
+		t.Fatalf("needs %+v, want dip1 asking ahead for at least the 28 ports of recent demand (rounded to 32)", needs)
+	}
+	select {
+	case <-e.SNATWake():
+	default:
+	}
+}
+
+func TestSNATIPv6AndICMPErrors(t *testing.T) {
+	v6vip := addr("2001:db8:19::10")
+	v6dip := addr("2001:db8:100::2")
+	v := ananta.VIPConfig{
+		VIP: v6vip, Tenant: "t",
+		Endpoints: []ananta.EndpointConfig{{Protocol: ananta.ProtocolTCP, Port: 80,
+			Backends: []ananta.Backend{{DIP: v6dip, Port: 80, Host: addr("2001:db8:3::2"), Weight: 1}}}},
+		SNAT: ananta.SNATConfig{Enabled: true},
+	}
+	e := newEngine(t, v)
+	if err := e.AddSNATRanges(v6vip, v6dip, []ananta.PortRange{{First: 4096, Last: 4103}}); err != nil {
+		t.Fatal(err)
+	}
+	src := netip.AddrPortFrom(v6dip, 33000)
+	server := ap("[2001:db8:50::2]:443")
+	syn := build(pktSpec{src: src, dst: server, proto: ananta.ProtocolTCP, flags: tcpSYN})
+	r, out := e.out(t, 0, syn)
+	wantVerdict(t, r, ToUplink, DropNone)
+	ext := netip.AddrPortFrom(v6vip, 4096)
+	wantTuple(t, out, ext, server)
+	// A router reports that the SNATed SYN was too big: the error reaches
+	// the VM about the packet it sent.
+	icmp := icmpError(addr("2001:db8:50::1"), v6vip, out)
+	r, got := e.in(t, icmp)
+	wantVerdict(t, r, ToVM, DropNone)
+	checkSums(t, got)
+	p := parse(t, got)
+	if p.Tuple.Dst != v6dip || netip.AddrPortFrom(p.Inner.Src, p.Inner.SrcPort) != src || netip.AddrPortFrom(p.Inner.Dst, p.Inner.DstPort) != server {
+		t.Fatalf("error: outer %s, quoted %s", p.Tuple, p.Inner)
+	}
+	// The reply comes back, is reverse-translated, and the VM's own ICMPv6
+	// error about it leaves as the VIP.
+	reply := build(pktSpec{src: server, dst: ext, proto: ananta.ProtocolTCP, flags: tcpSYN | tcpACK})
+	r, got = e.in(t, reply)
+	wantVerdict(t, r, ToVM, DropNone)
+	wantTuple(t, got, server, src)
+	r, out = e.out(t, 0, icmpError(v6dip, server.Addr(), got))
+	wantVerdict(t, r, ToUplink, DropNone)
+	checkSums(t, out)
+	p = parse(t, out)
+	if p.Tuple.Src != v6vip || netip.AddrPortFrom(p.Inner.Dst, p.Inner.DstPort) != ext {
+		t.Fatalf("error: outer %s, quoted %s", p.Tuple, p.Inner)
+	}
+}

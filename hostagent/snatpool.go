@@ -180,9 +180,9 @@ func (e *Engine) endSNATFlows(vip netip.Addr, ended []snat.Flow) {
 	for _, fl := range ended {
 		t := ananta.FiveTuple{Src: fl.Dst.Addr(), Dst: vip, SrcPort: fl.Dst.Port(), DstPort: fl.Port, Proto: fl.Proto}
 		k := makeKey(&t, false)
-		s := e.flows.shardFor(&k)
+		s, h := e.flows.locate(&k)
 		s.mu.Lock()
-		if f, slot, ok := s.lookup(&k); ok && f.kind == kindSNAT {
+		if f, slot, ok := s.lookup(&k, h); ok && f.kind == kindSNAT {
 			e.flows.remove(s, slot)
 			n++
 		}
