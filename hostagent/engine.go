@@ -1,7 +1,7 @@
 package hostagent
 
 import (
-	"cmp"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -139,6 +139,7 @@ type Engine struct {
 	now     atomic.Int64 // Unix ns, moved by Advance
 	closeTO int64
 	holdTO  int64
+	mux4    []prefix4 // the IPv4 MuxPrefixes, for a quick source check
 	c       counters
 
 	// mu guards the configuration below and serialises snapshot rebuilds.
@@ -179,12 +180,20 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 		poolIDs: make(map[uint32]*snatPool),
 		wake:    make(chan struct{}, 1),
 	}
+	for _, p := range cfg.MuxPrefixes {
+		if p.Addr().Is4() {
+			b := p.Masked().Addr().As4()
+			e.mux4 = append(e.mux4, prefix4{net: binary.BigEndian.Uint32(b[:]), mask: ^uint32(0) << (32 - p.Bits())})
+		}
+	}
 	e.now.Store(time.Now().UnixNano())
 	e.snap.Store(&snapshot{vips: map[netip.Addr]*vipState{}, local: map[netip.Addr]*localDIP{}})
 	return e, nil
 }
 
 var _ DataPath = (*Engine)(nil)
+
+type prefix4 struct{ net, mask uint32 }
 
 // snapshot is an immutable view of the configuration used for new flows.
 type snapshot struct {
@@ -564,9 +573,3 @@ func (e *Engine) Flows() int { return int(e.flows.count.Load()) }
 // Now returns the engine's clock: the time of the last Advance (or of
 // NewEngine).
 func (e *Engine) Now() time.Time { return time.Unix(0, e.now.Load()) }
-
-func sortAddrPorts(s []netip.AddrPort) {
-	slices.SortFunc(s, func(a, b netip.AddrPort) int {
-		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Port(), b.Port()))
-	})
-}

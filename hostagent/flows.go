@@ -186,7 +186,10 @@ const (
 )
 
 // numShards is the number of independently locked parts of the flow table.
-const numShards = 64
+const (
+	shardBits = 6
+	numShards = 1 << shardBits
+)
 
 // Sides of a flow's keys.
 const (
@@ -253,13 +256,12 @@ func (t *flowTable) hash(k *flowKey) uint64 {
 	return mix(a^c^t.seed[1], b^t.seed[0])
 }
 
-// shardOf returns the shard of a remote address and port.
+// shardOf returns the shard of a remote address and port: one multiply
+// over the seeded words, top bits. (Within a shard the index hash is the
+// strong one; this only spreads lock contention.)
 func (t *flowTable) shardOf(a paddr, port uint16) *shard {
-	x := (a[0]^a[1]*0x9e3779b97f4a7c15^uint64(port)<<48)*0xbf58476d1ce4e5b9 ^ t.seed[2]
-	x ^= x >> 31
-	x *= 0x94d049bb133111eb
-	x ^= x >> 29
-	return &t.shards[x%numShards]
+	x := (a[0] ^ a[1]<<1 ^ uint64(port)<<40 ^ t.seed[2]) * 0x9e3779b97f4a7c15
+	return &t.shards[x>>(64-shardBits)]
 }
 
 // locate returns the shard of k and k's hash.

@@ -12,7 +12,11 @@ import (
 // random inserts and deletes, with hashes cut to a few bits so that long
 // collision runs, wrap-around and backward shifts all happen.
 func TestShardIndexModel(t *testing.T) {
-	for _, bitsOfHash := range []uint{3, 6, 32} {
+	for _, c := range []struct {
+		bitsOfHash uint
+		maxLive    int
+	}{{3, 150}, {6, 300}, {32, 3000}} {
+		bitsOfHash := c.bitsOfHash
 		rng := rand.New(rand.NewPCG(1, uint64(bitsOfHash)))
 		s := &shard{index: make([]uint64, minIndex), mask: minIndex - 1}
 		model := map[flowKey]uint32{}
@@ -22,7 +26,7 @@ func TestShardIndexModel(t *testing.T) {
 		}
 		var live []flowKey
 		for op := range 20000 {
-			if len(live) > 0 && (rng.IntN(3) == 0 || len(live) > 3000) {
+			if len(live) > 0 && (rng.IntN(3) == 0 || len(live) > c.maxLive) {
 				i := rng.IntN(len(live))
 				k := live[i]
 				live[i] = live[len(live)-1]

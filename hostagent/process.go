@@ -63,6 +63,16 @@ func outerDst(pkt []byte) netip.Addr {
 }
 
 func (e *Engine) fromMux(src netip.Addr) bool {
+	if src.Is4() {
+		b := src.As4()
+		a := binary.BigEndian.Uint32(b[:])
+		for _, p := range e.mux4 {
+			if a&p.mask == p.net {
+				return true
+			}
+		}
+		return false
+	}
 	for _, p := range e.cfg.MuxPrefixes {
 		if p.Contains(src) {
 			return true
