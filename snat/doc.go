@@ -36,6 +36,11 @@
 // snapshot restores to a state that re-marshals to the same bytes and
 // behaves identically.
 //
+// Pool is local to one Host Agent and not replicated. It returns the same
+// ports for the same calls too, but seeds its internal hash tables at
+// random, so that tenants cannot choose destinations that collide in them;
+// the seed affects speed only.
+//
 // # Concurrency
 //
 // No type of this package is safe for concurrent use. The Manager applies
