@@ -65,14 +65,14 @@ func (e *Engine) Advance(now time.Time, emit func(v Verdict, vm int, pkt []byte)
 			if f.state&stResetOnIdle != 0 && f.established() {
 				resets = append(resets, resetInfo{
 					v6: f.v6(), remote: f.out.src, ext: f.extAddr, in: f.inAddr,
-					rport: f.out.sport, extP: f.extPort, inPort: f.inPort,
+					rport: f.out.sport(), extP: f.extPort, inPort: f.inPort,
 					ackOut: f.ackOut, ackIn: f.ackIn, vm: int(f.vm),
 				})
 			}
 			if f.kind == kindSNAT {
 				ended = append(ended, expiredSNAT{
-					pool: f.pool, proto: ananta.Protocol(f.out.proto), port: f.extPort,
-					dst: netip.AddrPortFrom(addrOf(f.out.src, f.v6()), f.out.sport),
+					pool: f.pool, proto: ananta.Protocol(f.out.proto()), port: f.extPort,
+					dst: netip.AddrPortFrom(addrOf(f.out.src, f.v6()), f.out.sport()),
 				})
 			}
 			e.flows.remove(s, uint32(slot))

@@ -101,8 +101,8 @@ func (e *Engine) endFlow(pkt []byte) {
 		s.mu.Unlock()
 		panic("no flow")
 	}
-	pool, proto, port := f.pool, ananta.Protocol(f.out.proto), f.extPort
-	dst := netip.AddrPortFrom(addrOf(f.out.src, f.v6()), f.out.sport)
+	pool, proto, port := f.pool, ananta.Protocol(f.out.proto()), f.extPort
+	dst := netip.AddrPortFrom(addrOf(f.out.src, f.v6()), f.out.sport())
 	e.flows.remove(s, slot)
 	s.mu.Unlock()
 	e.mu.Lock()

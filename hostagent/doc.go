@@ -32,8 +32,8 @@
 //
 // [HostAgent] wraps an Engine with packet I/O ([packetio] ports: the uplink,
 // usually AF_PACKET on the host's interface, see [OpenUplink]; one TUN
-// device per VM, which the agent can create and move into the VM's network
-// namespace), health probes of local DIPs run inside the VMs' namespaces
+// device per VM, which the agent creates inside the VM's network namespace
+// and keeps the file descriptor of), health probes of local DIPs run inside the VMs' namespaces
 // (reported through a [HealthReporter] and applied locally), SNAT port
 // leasing with demand prediction, idle release and lease renewal through a
 // [PortAllocator], a Prometheus collector and Stats.

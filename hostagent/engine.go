@@ -310,10 +310,10 @@ func flowHash(k *flowKey) uint64 {
 	for _, b := range k.dst {
 		h = (h ^ uint64(b)) * 1099511628211
 	}
-	h = (h ^ uint64(k.sport)) * 1099511628211
-	h = (h ^ uint64(k.dport)) * 1099511628211
-	h = (h ^ uint64(k.proto)) * 1099511628211
-	return h ^ h>>31
+	h = (h ^ k.meta) * 1099511628211
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	return h ^ h>>33
 }
 
 // HealthPort returns the port under which the health of backend b of

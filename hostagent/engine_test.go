@@ -518,6 +518,19 @@ func TestHostilePackets(t *testing.T) {
 	// The engine still works.
 	r, _ := e.in(t, syn)
 	wantVerdict(t, r, ToVM, DropNone)
+	// VM 1 may neither send as VM 0's DIP nor send errors about its flows.
+	dip := netip.AddrPortFrom(dip1, 8080)
+	client := ap("198.18.1.2:40000")
+	r, _ = e.out(t, 1, build(pktSpec{src: dip, dst: ap("198.18.1.2:1"), proto: ananta.ProtocolTCP, flags: tcpSYN}))
+	wantVerdict(t, r, Drop, DropSpoofed)
+	got := build(pktSpec{src: client, dst: dip, proto: ananta.ProtocolTCP, flags: tcpACK})
+	r, _ = e.out(t, 1, icmpError(dip2, client.Addr(), got))
+	wantVerdict(t, r, Drop, DropSpoofed)
+	// A quote cut short before its ports matches no flow.
+	r, _ = e.out(t, 0, icmpError(dip1, client.Addr(), got[:22]))
+	if r.Verdict != Drop {
+		t.Fatalf("error with a truncated quote: %s", r.Verdict)
+	}
 }
 
 func FuzzProcess(f *testing.F) {

@@ -38,13 +38,14 @@ func addrOf(p paddr, v6 bool) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// flowKey is a packed 5-tuple as seen on one side of the host. flags keep
-// IPv4 apart from IPv6 and the outside's keys apart from the VMs'.
+// flowKey is a packed 5-tuple as seen on one side of the host, in five
+// 64-bit words. The small fields share one word (meta): written and
+// compared whole, so that loads of the key are never fed by narrower
+// stores (which defeats store-to-load forwarding). The flags keep IPv4
+// apart from IPv6 and the outside's keys apart from the VMs'.
 type flowKey struct {
-	src, dst     paddr
-	sport, dport uint16
-	proto        uint8
-	flags        uint8
+	src, dst paddr
+	meta     uint64 // sport | dport<<16 | proto<<32 | flags<<40
 }
 
 const (
@@ -52,46 +53,63 @@ const (
 	keyFromVM = 1 << 1 // key of packets sent by a VM (the "in" side)
 )
 
-func makeKey(t *ananta.FiveTuple, fromVM bool) flowKey {
-	k := flowKey{src: pack(t.Src), dst: pack(t.Dst), sport: t.SrcPort, dport: t.DstPort, proto: uint8(t.Proto)}
-	if t.Src.Is6() {
-		k.flags = keyV6
-	}
-	if fromVM {
-		k.flags |= keyFromVM
-	}
-	return k
+func keyMeta(sport, dport uint16, proto, flags uint8) uint64 {
+	return uint64(sport) | uint64(dport)<<16 | uint64(proto)<<32 | uint64(flags)<<40
 }
 
-// packetKey is makeKey for the packet p parsed from b, reading the
-// addresses straight from the IP header.
-func packetKey(b []byte, p *encap.Packet, fromVM bool) flowKey {
-	k := flowKey{sport: p.Tuple.SrcPort, dport: p.Tuple.DstPort, proto: uint8(p.Tuple.Proto)}
+func (k *flowKey) sport() uint16 { return uint16(k.meta) }
+func (k *flowKey) dport() uint16 { return uint16(k.meta >> 16) }
+func (k *flowKey) proto() uint8  { return uint8(k.meta >> 32) }
+func (k *flowKey) flags() uint8  { return uint8(k.meta >> 40) }
+
+// equal compares two keys word by word.
+func (k *flowKey) equal(o *flowKey) bool {
+	return k.src[0] == o.src[0] && k.src[1] == o.src[1] && k.dst[0] == o.dst[0] &&
+		k.dst[1] == o.dst[1] && k.meta == o.meta
+}
+
+func makeKey(t *ananta.FiveTuple, fromVM bool) flowKey {
+	var flags uint8
+	if t.Src.Is6() {
+		flags = keyV6
+	}
+	if fromVM {
+		flags |= keyFromVM
+	}
+	return flowKey{src: pack(t.Src), dst: pack(t.Dst), meta: keyMeta(t.SrcPort, t.DstPort, uint8(t.Proto), flags)}
+}
+
+// packetKey sets k to the key of the packet p parsed from b, reading the
+// addresses straight from the IP header. (It fills k in place: a key
+// returned by value would be copied with wider loads than the stores that
+// wrote it, which stalls store-to-load forwarding.)
+func packetKey(k *flowKey, b []byte, p *encap.Packet, fromVM bool) {
+	var flags uint8
 	if p.Version == 4 {
-		k.src[0] = uint64(binary.LittleEndian.Uint32(b[12:16]))
-		k.dst[0] = uint64(binary.LittleEndian.Uint32(b[16:20]))
+		k.src = paddr{uint64(binary.LittleEndian.Uint32(b[12:16])), 0}
+		k.dst = paddr{uint64(binary.LittleEndian.Uint32(b[16:20])), 0}
 	} else {
 		k.src = paddr{binary.LittleEndian.Uint64(b[8:16]), binary.LittleEndian.Uint64(b[16:24])}
 		k.dst = paddr{binary.LittleEndian.Uint64(b[24:32]), binary.LittleEndian.Uint64(b[32:40])}
-		k.flags = keyV6
+		flags = keyV6
 	}
 	if fromVM {
-		k.flags |= keyFromVM
+		flags |= keyFromVM
 	}
-	return k
+	k.meta = keyMeta(p.Tuple.SrcPort, p.Tuple.DstPort, uint8(p.Tuple.Proto), flags)
 }
 
 // remote returns the outside party of the key: the source of an outside
 // key, the destination of a VM key. Both keys of a flow share it, so it
 // picks the shard.
 func (k *flowKey) remote() (paddr, uint16) {
-	if k.flags&keyFromVM != 0 {
-		return k.dst, k.dport
+	if k.flags()&keyFromVM != 0 {
+		return k.dst, k.dport()
 	}
-	return k.src, k.sport
+	return k.src, k.sport()
 }
 
-func (k *flowKey) v6() bool { return k.flags&keyV6 != 0 }
+func (k *flowKey) v6() bool { return k.flags()&keyV6 != 0 }
 
 // Flow kinds.
 const (
@@ -132,7 +150,7 @@ func (f *flow) v6() bool { return f.out.v6() }
 // touch records a packet of the flow at now.
 func (f *flow) touch(now int64, fromVM bool, tcpFlags uint8, ack uint32) {
 	f.last = now
-	if f.out.proto != uint8(ananta.ProtocolTCP) {
+	if f.out.proto() != uint8(ananta.ProtocolTCP) {
 		return
 	}
 	if fromVM {
@@ -252,8 +270,7 @@ func mix(a, b uint64) uint64 {
 func (t *flowTable) hash(k *flowKey) uint64 {
 	a := mix(k.src[0]^t.seed[0], k.src[1]^t.seed[1])
 	b := mix(k.dst[0]^t.seed[2], k.dst[1]^t.seed[3])
-	c := uint64(k.sport) | uint64(k.dport)<<16 | uint64(k.proto)<<32 | uint64(k.flags)<<40
-	return mix(a^c^t.seed[1], b^t.seed[0])
+	return mix(a^k.meta^t.seed[1], b^t.seed[0])
 }
 
 // shardOf returns the shard of a remote address and port: one multiply
@@ -288,7 +305,7 @@ func (s *shard) lookup(k *flowKey, h uint64) (*flow, uint32, bool) {
 		if e == 0 {
 			return nil, 0, false
 		}
-		if uint32(e>>32) == tag && *s.keyOf(e) == *k {
+		if uint32(e>>32) == tag && s.keyOf(e).equal(k) {
 			slot := (uint32(e) - 1) >> 1
 			return &s.slots[slot], slot, true
 		}
@@ -334,7 +351,7 @@ func (s *shard) del(k *flowKey, h uint64) {
 		if e == 0 {
 			return // unreachable: the key is present
 		}
-		if uint32(e>>32) == tag && *s.keyOf(e) == *k {
+		if uint32(e>>32) == tag && s.keyOf(e).equal(k) {
 			break
 		}
 		i = (i + 1) & s.mask

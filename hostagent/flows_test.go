@@ -21,7 +21,7 @@ func TestShardIndexModel(t *testing.T) {
 		s := &shard{index: make([]uint64, minIndex), mask: minIndex - 1}
 		model := map[flowKey]uint32{}
 		hashOf := func(k *flowKey) uint64 {
-			h := uint64(k.sport)*0x9e3779b97f4a7c15 ^ uint64(k.dport)
+			h := uint64(k.sport())*0x9e3779b97f4a7c15 ^ uint64(k.dport())
 			return h & (1<<bitsOfHash - 1)
 		}
 		var live []flowKey
@@ -34,7 +34,7 @@ func TestShardIndexModel(t *testing.T) {
 				s.del(&k, hashOf(&k))
 				delete(model, k)
 			} else {
-				k := flowKey{sport: uint16(rng.Uint32()), dport: uint16(op), proto: 6}
+				k := flowKey{meta: keyMeta(uint16(rng.Uint32()), uint16(op), 6, 0)}
 				if _, dup := model[k]; dup {
 					continue
 				}
@@ -55,7 +55,7 @@ func TestShardIndexModel(t *testing.T) {
 					}
 				}
 				for range 50 {
-					k := flowKey{sport: uint16(rng.Uint32()), dport: uint16(rng.Uint32()), proto: 17}
+					k := flowKey{meta: keyMeta(uint16(rng.Uint32()), uint16(rng.Uint32()), 17, 0)}
 					if _, _, ok := s.lookup(&k, hashOf(&k)); ok {
 						t.Fatalf("bits %d: found absent key %+v", bitsOfHash, k)
 					}
@@ -80,7 +80,8 @@ func TestPackedKeys(t *testing.T) {
 	} {
 		pkt := build(spec)
 		p := parse(t, pkt)
-		if packetKey(pkt, &p, true) != makeKey(&p.Tuple, true) {
+		var k flowKey
+		if packetKey(&k, pkt, &p, true); k != makeKey(&p.Tuple, true) {
 			t.Errorf("%s: packetKey and makeKey differ", p.Tuple)
 		}
 	}

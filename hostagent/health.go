@@ -186,9 +186,11 @@ func (h *health) start(p *prober) {
 	}()
 }
 
-// stopAll stops every prober and waits for them.
+// stopAll stops every prober and waits for them; probers added later are
+// not started.
 func (h *health) stopAll() {
 	h.mu.Lock()
+	h.ctx = nil
 	for _, p := range h.probers {
 		if p.cancel != nil {
 			p.cancel()

@@ -149,7 +149,8 @@ func (e *Engine) ProcessInbound(b []byte, start, end int) Result {
 		return e.inResult(e.inboundICMPError(in, &p, istart, iend))
 	}
 	now := e.now.Load()
-	k := packetKey(in, &p, false)
+	var k flowKey
+	packetKey(&k, in, &p, false)
 	s, h := e.flows.locate(&k)
 	s.mu.Lock()
 	f, _, ok := s.lookup(&k, h)
@@ -169,7 +170,8 @@ func (e *Engine) ProcessInbound(b []byte, start, end int) Result {
 			return e.inResult(drop(DropNAT))
 		}
 	}
-	return e.inResult(Result{Verdict: ToVM, VM: vm, Start: istart, End: iend})
+	e.c.in[ToVM].Add(1)
+	return Result{Verdict: ToVM, VM: vm, Start: istart, End: iend}
 }
 
 // newInbound creates the flow of a new inbound packet. s.mu is held.
@@ -224,7 +226,7 @@ func (e *Engine) newInbound(s *shard, k *flowKey, p *encap.Packet, odst netip.Ad
 	if ep.rstIdle {
 		nf.state |= stResetOnIdle
 	}
-	nf.in = flowKey{src: nf.inAddr, dst: k.src, sport: nf.inPort, dport: k.sport, proto: k.proto, flags: k.flags | keyFromVM}
+	nf.in = flowKey{src: nf.inAddr, dst: k.src, meta: keyMeta(nf.inPort, k.sport(), k.proto(), k.flags()|keyFromVM)}
 	f, r := e.flows.insert(s, &nf)
 	if f == nil {
 		return nil, r
@@ -297,7 +299,8 @@ func (e *Engine) outbound(vm int, b []byte, start, end int, heldAt int64) Result
 		return e.outboundICMPError(vm, pkt, &p, start, end)
 	}
 	now := e.now.Load()
-	k := packetKey(pkt, &p, true)
+	var k flowKey
+	packetKey(&k, pkt, &p, true)
 	s, h := e.flows.locate(&k)
 	s.mu.Lock()
 	f, _, ok := s.lookup(&k, h)
@@ -374,7 +377,7 @@ func (e *Engine) newOutbound(s *shard, k *flowKey, vm int, pkt []byte, p *encap.
 		vm:   uint16(vm),
 		kind: kindSNAT,
 	}
-	nf.out = flowKey{src: k.dst, dst: ext, sport: k.dport, dport: port, proto: k.proto, flags: k.flags &^ keyFromVM}
+	nf.out = flowKey{src: k.dst, dst: ext, meta: keyMeta(k.dport(), port, k.proto(), k.flags()&^keyFromVM)}
 	f, r := e.flows.insert(s, &nf)
 	if f == nil {
 		pool.release(t.Proto, port, dst, now)
