@@ -102,7 +102,8 @@ type Config struct {
 	// SNATBatchSize caps the allocation requests of one proposal. 0 means
 	// 256.
 	SNATBatchSize int
-	// SNATInflight caps the allocation proposals in flight per shard. 0
+	// SNATInflight caps the allocation proposals in flight per shard (and,
+	// as many again, proposals for VIPs that have nothing in flight). 0
 	// means 2.
 	SNATInflight int
 	// SNATQueueLimit caps the requests waiting in one VIP's queue; more

@@ -58,13 +58,24 @@ func freeAddrs(t testing.TB, n int) []string {
 // newCluster starts n replicas serving shards. lightweight selects
 // Dragonboat's small footprint (the log is fsynced either way).
 func newCluster(t testing.TB, n int, shards []uint64, lightweight bool, mod func(*manager.Config)) *rcluster {
+	return newClusterRTT(t, n, shards, lightweight, 10, mod)
+}
+
+// newClusterRTT is newCluster with a Raft tick of rtt milliseconds
+// (elections after 10 to 20 ticks).
+func newClusterRTT(t testing.TB, n int, shards []uint64, lightweight bool, rtt uint64, mod func(*manager.Config)) *rcluster {
+	return newClusterIn(t, t.TempDir(), n, shards, lightweight, rtt, mod)
+}
+
+// newClusterIn is newClusterRTT with the replicas' data directories in
+// dir.
+func newClusterIn(t testing.TB, dir string, n int, shards []uint64, lightweight bool, rtt uint64, mod func(*manager.Config)) *rcluster {
 	t.Helper()
 	raft := freeAddrs(t, n)
 	members := make(map[uint64]string)
 	for i, a := range raft {
 		members[uint64(i+1)] = a
 	}
-	dir := t.TempDir()
 	c := &rcluster{t: t, shards: shards, mod: mod}
 	for i := range n {
 		c.reps = append(c.reps, &replica{cfg: dragonboat.Config{
@@ -72,7 +83,7 @@ func newCluster(t testing.TB, n int, shards []uint64, lightweight bool, mod func
 			Members:        members,
 			Shards:         shards,
 			DataDir:        filepath.Join(dir, fmt.Sprint("replica-", i+1)),
-			RTTMillisecond: 10,
+			RTTMillisecond: rtt,
 			ElectionRTT:    10,
 			HeartbeatRTT:   1,
 			SpreadLeaders:  true,
@@ -152,6 +163,25 @@ func (c *rcluster) waitLeaders(d time.Duration) map[uint64]uint64 {
 		return true
 	})
 	return out
+}
+
+// waitSpread waits until every shard is led by its preferred replica
+// (SpreadLeaders moved the leaderships), so that measurements do not
+// include the transfers.
+func (c *rcluster) waitSpread(d time.Duration) map[uint64]uint64 {
+	c.t.Helper()
+	var leaders map[uint64]uint64
+	waitFor(c.t, d, "shard leaders on their preferred replicas", func() bool {
+		leaders = c.waitLeaders(d)
+		for s, l := range leaders {
+			n := c.reps[l-1].m.Node().(*dragonboat.Node)
+			if p, ok := n.PreferredLeader(s); !ok || p != l {
+				return false
+			}
+		}
+		return true
+	})
+	return leaders
 }
 
 // states returns each live replica's saved state of every shard.

@@ -59,7 +59,8 @@ type snatShard struct {
 	next     int         // ring position of the next VIP to serve
 	pending  map[dipKey]*allocReq
 	buckets  map[dipKey]*bucket
-	inflight int
+	inflight int // batches in flight
+	extra    int // of which started beyond SNATInflight for idle VIPs
 	busy     map[netip.Addr]int // VIP -> requests in flight
 	prio     int                // configuration/health proposals in progress
 }
@@ -116,29 +117,29 @@ func (s *scheduler) loop(sh *snatShard) {
 		case <-sh.wake:
 		}
 		for {
-			batch := s.take(sh)
+			batch, extra := s.take(sh)
 			if batch == nil {
 				break
 			}
 			s.wg.Add(1)
-			go s.propose(sh, batch)
+			go s.propose(sh, batch, extra)
 		}
 	}
 }
 
 // take returns the next batch, or nil when there is none or no batch may
-// start now. Up to SNATInflight batches are in flight; beyond that, a batch
-// may still start with the requests of VIPs that have nothing in flight
-// (up to twice SNATInflight batches), so that a VIP whose flood keeps the
-// pipeline full cannot make a quiet VIP wait for it.
-func (s *scheduler) take(sh *snatShard) []*allocReq {
+// start now. Up to SNATInflight batches are in flight; besides those, up
+// to SNATInflight more may start with one request of each VIP that has
+// nothing in flight, so that a VIP whose flood keeps the pipeline full
+// cannot make a quiet VIP wait for it.
+func (s *scheduler) take(sh *snatShard) ([]*allocReq, bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	limit := s.m.cfg.SNATInflight
-	if len(sh.ring) == 0 || sh.inflight >= 2*limit || sh.prio > 0 {
-		return nil
+	if len(sh.ring) == 0 || sh.prio > 0 || (sh.inflight-sh.extra >= limit && sh.extra >= limit) {
+		return nil, false
 	}
-	onlyIdle := sh.inflight >= limit
+	onlyIdle := sh.inflight-sh.extra >= limit
 	max := s.m.cfg.SNATBatchSize
 	var batch []*allocReq
 	for i, n := 0, len(sh.ring); len(batch) < max && len(sh.ring) > 0 && i < n; {
@@ -166,17 +167,20 @@ func (s *scheduler) take(sh *snatShard) []*allocReq {
 		}
 	}
 	if len(batch) == 0 {
-		return nil
+		return nil, false
 	}
 	for _, r := range batch {
 		sh.busy[r.key.vip]++
 	}
 	sh.inflight++
-	return batch
+	if onlyIdle {
+		sh.extra++
+	}
+	return batch, onlyIdle
 }
 
 // propose proposes one batch and hands out the results.
-func (s *scheduler) propose(sh *snatShard, batch []*allocReq) {
+func (s *scheduler) propose(sh *snatShard, batch []*allocReq, extra bool) {
 	defer s.wg.Done()
 	m := s.m
 	var deadline time.Time
@@ -210,6 +214,9 @@ func (s *scheduler) propose(sh *snatShard, batch []*allocReq) {
 		close(r.done)
 	}
 	sh.inflight--
+	if extra {
+		sh.extra--
+	}
 	sh.mu.Unlock()
 	sh.signal()
 }

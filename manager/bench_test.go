@@ -1,0 +1,202 @@
+package manager_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ananta-go/ananta/api"
+	"github.com/ananta-go/ananta/manager"
+	"github.com/ananta-go/ananta/manager/agent"
+)
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+// benchRTT is the Raft tick of the benchmarks' clusters: elections after
+// 300 to 600 ms. With three replicas and their clients sharing two cores,
+// the tests' 10 ms tick (100 ms elections) lets heartbeats starve under
+// load and leaders change in the middle of a measurement.
+const benchRTT = 30
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkSNATAllocate: AllocatePorts through gRPC on three Manager
+// replicas on Dragonboat with its normal (fsynced) log database, two
+// shards with leaders on different replicas, N concurrent clients spread
+// over the replicas and over 16 VIPs per shard. Reports p50 and p99
+// latency and allocations per second. The disk/ variants keep the logs in
+// the test's temporary directory (the machine's disk, fsync included);
+// the tmpfs/ variants in /dev/shm, where fsync costs nothing, which shows
+// what the software costs without the disk.
+func BenchmarkSNATAllocate(b *testing.B) {
+	for _, where := range []string{"disk", "tmpfs"} {
+		for _, conc := range []int{1, 64, 256, 1024} {
+			b.Run(fmt.Sprintf("%s/clients=%d", where, conc), func(b *testing.B) {
+				dir := b.TempDir()
+				if where == "tmpfs" {
+					d, err := os.MkdirTemp("/dev/shm", "ananta-bench-")
+					if err != nil {
+						b.Skip("no /dev/shm:", err)
+					}
+					b.Cleanup(func() { os.RemoveAll(d) })
+					dir = d
+				}
+				benchAllocate(b, dir, conc)
+			})
+		}
+	}
+}
+
+func benchAllocate(b *testing.B, dir string, conc int) {
+	b.ReportAllocs()
+	shards := []uint64{1, 2}
+	c := newClusterIn(b, dir, 3, shards, false, benchRTT, func(cfg *manager.Config) { cfg.SNATRate = 1e6; cfg.SNATBurst = 1e6 })
+	c.waitSpread(30 * time.Second)
+	ctx := ctxT(b, 10*time.Minute)
+	var vips []string
+	vc := api.NewVIPServiceClient(dial(b, c.reps[0].addr))
+	for _, s := range shards {
+		for _, v := range vipsInShard(b, c.reps[0].m, s, 16) {
+			if _, err := vc.CreateVIP(ctx, &api.CreateVIPRequest{Config: vipConfig(v, true, 1)}); err != nil {
+				b.Fatal(err)
+			}
+			vips = append(vips, v)
+		}
+	}
+	clients := make([]api.SNATServiceClient, len(c.reps))
+	for i, r := range c.reps {
+		clients[i] = api.NewSNATServiceClient(dial(b, r.addr))
+	}
+	var next atomic.Int64
+	lat := make([][]time.Duration, conc)
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := clients[w%len(clients)]
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				vip := vips[int(i)%len(vips)]
+				dip := fmt.Sprintf("10.%d.%d.%d", 1+i/62500, (i/250)%250, i%250+1)
+				t0 := time.Now()
+				_, err := cl.AllocatePorts(ctx, &api.AllocatePortsRequest{Vip: vip, Dip: dip, Host: "198.18.0.1", Hint: 8})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	if len(all) == 0 {
+		return
+	}
+	b.ReportMetric(ms(percentile(all, 0.5)), "p50-ms")
+	b.ReportMetric(ms(percentile(all, 0.99)), "p99-ms")
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "allocs/s")
+}
+
+// BenchmarkVIPProgram: a VIP change (UpdateVIP) until it is applied on 8
+// Muxes and 16 Host Agents, agent clients (package agent) with in-memory
+// Targets connected by gRPC to three Manager replicas on Dragonboat
+// (normal log database). The latency is measured from the call until the
+// last agent applied the change's version (observed in the agents'
+// OnApplied hooks, in this process).
+func BenchmarkVIPProgram(b *testing.B) {
+	b.ReportAllocs()
+	shards := []uint64{1, 2}
+	c := newClusterRTT(b, 3, shards, false, benchRTT, nil)
+	c.waitSpread(30 * time.Second)
+	ctx := ctxT(b, 10*time.Minute)
+	vc := api.NewVIPServiceClient(dial(b, c.reps[0].addr))
+	const vip = "198.19.0.100"
+	r, err := vc.CreateVIP(ctx, &api.CreateVIPRequest{Config: vipConfig(vip, false, 8)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	shard := r.Vip.Shard
+
+	const agents = 24
+	var mu sync.Mutex
+	cond := sync.NewCond(&mu)
+	applied := make([]uint64, agents)
+	for i := range agents {
+		kind, id := agent.KindMux, fmt.Sprintf("mux-%d", i)
+		if i >= 8 {
+			kind, id = agent.KindHostAgent, fmt.Sprintf("ha-%d", i-8)
+		}
+		cl, err := agent.New(agent.Config{
+			Addrs: []string{c.reps[i%3].addr}, ID: id, Kind: kind, Target: newMemTarget(), Logger: quietLogger,
+			OnApplied: func(s, v uint64) {
+				if s != shard {
+					return
+				}
+				mu.Lock()
+				applied[i] = v
+				cond.Broadcast()
+				mu.Unlock()
+			},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); cl.Run(context.Background()) }()
+		b.Cleanup(func() { cl.Close(); <-done })
+	}
+	waitAll := func(v uint64) {
+		mu.Lock()
+		defer mu.Unlock()
+		for {
+			ok := true
+			for _, a := range applied {
+				if a < v {
+					ok = false
+					break
+				}
+			}
+			if ok {
+				return
+			}
+			cond.Wait()
+		}
+	}
+	waitAll(r.Distribution.Version)
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		u, err := vc.UpdateVIP(ctx, &api.UpdateVIPRequest{Config: vipConfig(vip, false, 8+i%2)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		waitAll(u.Distribution.Version)
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	b.ReportMetric(ms(percentile(lat, 0.5)), "p50-ms")
+	b.ReportMetric(ms(percentile(lat, 0.99)), "p99-ms")
+}
