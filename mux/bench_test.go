@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ananta-go/ananta"
 	"github.com/ananta-go/ananta/encap"
+	"github.com/ananta-go/ananta/packetio"
 )
 
 // benchPatch is what differs between the packets of a benchmark: the
@@ -96,7 +98,54 @@ func establish(b *testing.B, m *Mux, r *benchRing, patches []benchPatch) {
 	}
 }
 
-func benchEstablished(b *testing.B, flows, tableBytes int) {
+// benchCase is one of the BenchmarkForward cases: a Mux and a generator
+// that patches packet i of the run into a ring buffer.
+type benchCase struct {
+	m       *Mux
+	r       *benchRing
+	patches []benchPatch
+	next    func(i int) []byte // returns the buffer holding packet i
+}
+
+// runSingle processes one packet per iteration with Process.
+func (c *benchCase) runSingle(b *testing.B) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		buf := c.next(i)
+		if v, _, _ := c.m.Process(buf, Headroom, Headroom+c.r.n); v.Action != ActionForward {
+			b.Fatal(v)
+		}
+		i++
+	}
+}
+
+// runBatch processes the packets in batches of 64 with ProcessBatch, as
+// Run's workers do; ns/op is per packet.
+func (c *benchCase) runBatch(b *testing.B) {
+	const batch = 64
+	msgs := make([]packetio.Message, batch)
+	verdicts := make([]Verdict, batch)
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for i < b.N {
+		n := min(batch, b.N-i)
+		for j := range n {
+			msgs[j] = packetio.Message{Buf: c.next(i + j), Off: Headroom, N: c.r.n}
+		}
+		c.m.ProcessBatch(msgs[:n], verdicts)
+		for _, v := range verdicts[:n] {
+			if v.Action != ActionForward {
+				b.Fatal(v)
+			}
+		}
+		i += n
+	}
+}
+
+func establishedCase(b *testing.B, flows, tableBytes int) *benchCase {
 	m := benchMux(b, tableBytes)
 	r := newBenchRing(tcp4(client, 1, vip4, 80, encap.TCPFlagACK))
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -106,74 +155,114 @@ func benchEstablished(b *testing.B, flows, tableBytes int) {
 		patches[i] = r.patchFor(src, sport)
 	}
 	establish(b, m, r, patches)
-	b.ReportAllocs()
-	b.ResetTimer()
-	i := 0
-	for b.Loop() {
-		buf := r.apply(i, &patches[i%flows])
-		if v, _, _ := m.Process(buf, Headroom, Headroom+r.n); v.Action != ActionForward {
-			b.Fatal(v)
-		}
-		i++
-	}
+	return &benchCase{m: m, r: r, patches: patches, next: func(i int) []byte { return r.apply(i, &patches[i%flows]) }}
 }
 
-// BenchmarkForward measures Process per packet. established-*: random
-// packets of 1K or 1M trusted flows; new-flow: a flow never seen before in
-// every iteration (the table fills up, then untrusted entries are evicted);
+func newFlowCase(b *testing.B) *benchCase {
+	m := benchMux(b, 64<<20)
+	r := newBenchRing(tcp4(client, 1, vip4, 80, encap.TCPFlagSYN))
+	return &benchCase{m: m, r: r, next: func(i int) []byte {
+		src, sport := benchClient(i)
+		p := r.patchFor(src, sport)
+		return r.apply(i, &p)
+	}}
+}
+
+func snatCase(b *testing.B) *benchCase {
+	m := benchMux(b, 1<<20)
+	var ranges []SNATRange
+	for i := range 512 { // 512 DIPs with 64 ports each: ports 1024-33791
+		ranges = append(ranges, SNATRange{
+			Range: ananta.PortRange{First: uint16(1024 + 64*i), Last: uint16(1024 + 64*i + 63)},
+			DIP:   dip4(i % 250), Host: host4(i % 250),
+		})
+	}
+	if err := m.SetSNATRanges(vip4, ranges); err != nil {
+		b.Fatal(err)
+	}
+	// A server on the internet answers connections the DIPs opened:
+	// server:443 -> VIP:port, random ports of the ranges.
+	server := netip.MustParseAddr("198.18.77.7")
+	r := newBenchRing(tcp4(server, 443, vip4, 1024, encap.TCPFlagACK))
+	rng := rand.New(rand.NewPCG(3, 4))
+	bufs := make([][]byte, 4096)
+	for i := range bufs {
+		pkt := tcp4(server, 443, vip4, uint16(1024+rng.IntN(512*64)), encap.TCPFlagACK)
+		bufs[i] = make([]byte, 256)
+		copy(bufs[i][Headroom:], pkt)
+	}
+	return &benchCase{m: m, r: r, next: func(i int) []byte { return bufs[i&4095] }}
+}
+
+// BenchmarkForward measures the data path per packet as Run's workers
+// drive it (ProcessBatch, batches of 64). established-*: random packets of
+// 1K or 1M trusted flows; new-flow: a flow never seen before in every
+// iteration (the table fills up, then untrusted entries are replaced);
 // snat-return: packets to ports of a VIP's SNAT ranges (stateless).
 func BenchmarkForward(b *testing.B) {
-	b.Run("established-1K", func(b *testing.B) { benchEstablished(b, 1<<10, 1<<20) })
-	b.Run("established-1M", func(b *testing.B) { benchEstablished(b, 1<<20, 128<<20) })
-	b.Run("new-flow", func(b *testing.B) {
-		m := benchMux(b, 64<<20)
-		r := newBenchRing(tcp4(client, 1, vip4, 80, encap.TCPFlagSYN))
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			src, sport := benchClient(i)
-			p := r.patchFor(src, sport)
-			buf := r.apply(i, &p)
-			if v, _, _ := m.Process(buf, Headroom, Headroom+r.n); v.Action != ActionForward {
-				b.Fatal(v)
+	b.Run("established-1K", func(b *testing.B) { establishedCase(b, 1<<10, 1<<20).runBatch(b) })
+	b.Run("established-1M", func(b *testing.B) { establishedCase(b, 1<<20, 128<<20).runBatch(b) })
+	b.Run("new-flow", func(b *testing.B) { newFlowCase(b).runBatch(b) })
+	b.Run("snat-return", func(b *testing.B) { snatCase(b).runBatch(b) })
+}
+
+// BenchmarkProcess measures the same cases one packet at a time
+// (Process), without batching or prefetching.
+func BenchmarkProcess(b *testing.B) {
+	b.Run("established-1K", func(b *testing.B) { establishedCase(b, 1<<10, 1<<20).runSingle(b) })
+	b.Run("established-1M", func(b *testing.B) { establishedCase(b, 1<<20, 128<<20).runSingle(b) })
+	b.Run("new-flow", func(b *testing.B) { newFlowCase(b).runSingle(b) })
+	b.Run("snat-return", func(b *testing.B) { snatCase(b).runSingle(b) })
+}
+
+// BenchmarkForwardParallel runs ProcessBatch from GOMAXPROCS goroutines
+// (go test -cpu 1,2) over 64K established flows, each goroutine with its
+// own buffers: how throughput grows with workers sharing one Mux.
+func BenchmarkForwardParallel(b *testing.B) {
+	c := establishedCase(b, 1<<16, 16<<20)
+	b.ReportAllocs()
+	b.ResetTimer()
+	var seed atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		r := newBenchRing(c.r.tmpl)
+		const batch = 64
+		msgs := make([]packetio.Message, batch)
+		verdicts := make([]Verdict, batch)
+		i := int(seed.Add(1)) * 7919
+		n := 0
+		flush := func() {
+			c.m.ProcessBatch(msgs[:n], verdicts)
+			for _, v := range verdicts[:n] {
+				if v.Action != ActionForward {
+					panic(v.String())
+				}
 			}
+			n = 0
+		}
+		for pb.Next() {
+			msgs[n] = packetio.Message{Buf: r.apply(n, &c.patches[i%len(c.patches)]), Off: Headroom, N: r.n}
 			i++
-		}
-	})
-	b.Run("snat-return", func(b *testing.B) {
-		m := benchMux(b, 1<<20)
-		var ranges []SNATRange
-		for i := range 512 { // 512 DIPs with 64 ports each: ports 1024-33791
-			ranges = append(ranges, SNATRange{
-				Range: ananta.PortRange{First: uint16(1024 + 64*i), Last: uint16(1024 + 64*i + 63)},
-				DIP:   dip4(i % 250), Host: host4(i % 250),
-			})
-		}
-		if err := m.SetSNATRanges(vip4, ranges); err != nil {
-			b.Fatal(err)
-		}
-		// A server on the internet answers connections the DIPs opened:
-		// src server:443, dst VIP:port.
-		tmpl := tcp4(netip.MustParseAddr("198.18.77.7"), 443, vip4, 1024, encap.TCPFlagACK)
-		r := newBenchRing(tmpl)
-		rng := rand.New(rand.NewPCG(3, 4))
-		ports := make([][]byte, 4096)
-		for i := range ports {
-			port := uint16(1024 + rng.IntN(512*64))
-			pkt := tcp4(netip.MustParseAddr("198.18.77.7"), 443, vip4, port, encap.TCPFlagACK)
-			buf := make([]byte, 256)
-			copy(buf[Headroom:], pkt)
-			ports[i] = buf
-		}
-		_ = r
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			buf := ports[i&4095]
-			if v, _, _ := m.Process(buf, Headroom, Headroom+len(tmpl)); v.Action != ActionForward {
-				b.Fatal(v)
+			if n++; n == batch {
+				flush()
 			}
-			i++
 		}
+		flush()
 	})
+}
+
+// BenchmarkPacketPatch is the benchmarks' own cost per packet: patching a
+// flow into a ring buffer (subtract it from BenchmarkForward figures).
+func BenchmarkPacketPatch(b *testing.B) {
+	r := newBenchRing(tcp4(client, 1, vip4, 80, encap.TCPFlagACK))
+	patches := make([]benchPatch, 1024)
+	for i := range patches {
+		src, sport := benchClient(i)
+		patches[i] = r.patchFor(src, sport)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		r.apply(i, &patches[i&1023])
+		i++
+	}
 }

@@ -226,6 +226,9 @@ func (m *Mux) SetSNATRanges(vip netip.Addr, ranges []SNATRange) error {
 			return invalid(f+".host", "is %s but the Mux has no source address of its family", r.Host)
 		}
 	}
+	if len(rs) > 65535 {
+		return invalid("ranges", "must have at most 65535 ranges, got %d", len(rs))
+	}
 	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Range.First < rs[j].Range.First })
 	for i := 1; i < len(rs); i++ {
 		if rs[i].Range.First <= rs[i-1].Range.Last {
@@ -441,6 +444,7 @@ func (m *Mux) rebuild(vc *vipCtl) error {
 			last:   r.Range.Last,
 		})
 	}
+	ve.buildSNATIndex()
 	vc.tables = tables
 	vc.entry = ve
 	return nil

@@ -3,6 +3,7 @@ package mux
 import (
 	"math/bits"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -54,9 +55,11 @@ func expired(exp, now uint32) bool { return int32(exp-now) <= 0 }
 
 // shard is one independently locked part of the flow table.
 type shard struct {
-	// mu guards every field of the shard.
+	// mu guards every field of the shard. The tags are also read without
+	// it, atomically, to prefetch entries (ProcessBatch); they are written
+	// atomically, with mu held.
 	mu                       sync.Mutex
-	tags                     []uint64 // per bucket: byte i is way i's tag
+	tags                     []atomic.Uint64 // per bucket: byte i is way i's tag
 	ents                     []entry  // buckets*ways
 	nb                       uint64   // buckets
 	trusted, untrusted       int
@@ -88,11 +91,11 @@ func newFlowTable(bytes int, nshards int, untrustedShare float64) *flowTable {
 	per := buckets / nshards
 	t := &flowTable{shards: make([]shard, nshards), mask: uint64(nshards - 1)}
 	// One allocation for all shards, so that huge pages can back it.
-	tags := make([]uint64, per*nshards)
+	tags := make([]atomic.Uint64, per*nshards)
 	ents := make([]entry, per*ways*nshards)
 	if len(ents) > 0 {
 		adviseHugePages(unsafe.Pointer(&ents[0]), uintptr(len(ents))*unsafe.Sizeof(entry{}))
-		adviseHugePages(unsafe.Pointer(&tags[0]), uintptr(len(tags))*8)
+		adviseHugePages(unsafe.Pointer(&tags[0]), uintptr(len(tags))*unsafe.Sizeof(tags[0]))
 	}
 	for i := range t.shards {
 		s := &t.shards[i]
@@ -139,6 +142,26 @@ func usedWays(tags uint64) uint64 { return (tags&low7 + low7 | tags) & msb8 }
 // that is not trusted.
 func untrustedWays(tags uint64) uint64 { return (tags&low7 + low7) &^ tags & msb8 }
 
+// prefetch hints the CPU to load the entry of flow h, or its buckets'
+// tags if it cannot tell yet which entry: call it once when the tags may
+// not be cached, and again when they are. It reads the tags without s.mu;
+// a stale read costs only a useless prefetch.
+func (s *shard) prefetch(h uint64, entry bool) {
+	b1, b2 := s.buckets(h)
+	if !entry {
+		prefetch(unsafe.Pointer(&s.tags[b1]))
+		prefetch(unsafe.Pointer(&s.tags[b2]))
+		return
+	}
+	t := tagOf(h)
+	for _, b := range [2]uint64{b1, b2} {
+		if m := matchTag(s.tags[b].Load(), t); m != 0 {
+			prefetch(unsafe.Pointer(&s.ents[int(b*ways)+bits.TrailingZeros64(m)>>3]))
+			return
+		}
+	}
+}
+
 // find returns the index in s.ents of the live entry of k, or -1. An
 // expired entry of k is freed (lazy expiry) and reported as missing. s.mu
 // must be held.
@@ -152,7 +175,7 @@ func (s *shard) find(k *flowKey, h uint64, now uint32) int {
 }
 
 func (s *shard) findIn(b uint64, k *flowKey, t uint64, now uint32) int {
-	for m := matchTag(s.tags[b], t); m != 0; m &= m - 1 {
+	for m := matchTag(s.tags[b].Load(), t); m != 0; m &= m - 1 {
 		idx := int(b*ways) + bits.TrailingZeros64(m)>>3
 		e := &s.ents[idx]
 		if !e.matches(k) {
@@ -171,12 +194,13 @@ func (s *shard) findIn(b uint64, k *flowKey, t uint64, now uint32) int {
 // remove frees the entry at idx. s.mu must be held.
 func (s *shard) remove(idx int) {
 	b, sh := idx/ways, 8*(idx%ways)
-	if s.tags[b]>>sh&tagTrusted != 0 {
+	tags := s.tags[b].Load()
+	if tags>>sh&tagTrusted != 0 {
 		s.trusted--
 	} else {
 		s.untrusted--
 	}
-	s.tags[b] &^= 0xff << sh
+	s.tags[b].Store(tags &^ (0xff << sh))
 }
 
 // insert adds k as an untrusted flow pinned to the backend slot and gen,
@@ -191,7 +215,7 @@ func (s *shard) remove(idx int) {
 func (s *shard) insert(k *flowKey, h uint64, slot uint32, gen uint16, exp uint32) int {
 	b1, b2 := s.buckets(h)
 	t := tagOf(h)
-	t1, t2 := s.tags[b1], s.tags[b2]
+	t1, t2 := s.tags[b1].Load(), s.tags[b2].Load()
 	if s.untrusted < s.maxUntrusted {
 		f1, f2 := msb8&^usedWays(t1), msb8&^usedWays(t2)
 		b, f := b1, f1
@@ -200,7 +224,7 @@ func (s *shard) insert(k *flowKey, h uint64, slot uint32, gen uint16, exp uint32
 		}
 		if f != 0 {
 			i := bits.TrailingZeros64(f) >> 3
-			s.tags[b] |= t << (8 * i)
+			s.tags[b].Store(s.tags[b].Load() | t<<(8*i))
 			s.untrusted++
 			return s.fill(int(b*ways)+i, k, slot, gen, exp)
 		}
@@ -225,7 +249,7 @@ func (s *shard) insert(k *flowKey, h uint64, slot uint32, gen uint16, exp uint32
 		u &= u - 1
 	}
 	i := bits.TrailingZeros64(u) >> 3
-	s.tags[b] = s.tags[b]&^(0xff<<(8*i)) | t<<(8*i)
+	s.tags[b].Store(s.tags[b].Load()&^(0xff<<(8*i)) | t<<(8*i))
 	s.evictions++
 	return s.fill(int(b*ways)+i, k, slot, gen, exp)
 }
@@ -252,11 +276,12 @@ func (s *shard) pinned(idx int) (uint32, uint16) {
 func (s *shard) touch(idx int, now, idleTrusted, idleUntrusted uint32) {
 	b, bit := idx/ways, uint64(tagTrusted)<<(8*(idx%ways))
 	e := &s.ents[idx]
+	tags := s.tags[b].Load()
 	switch {
-	case s.tags[b]&bit != 0:
+	case tags&bit != 0:
 		e.exp = now + idleTrusted
 	case s.trusted < s.maxTrusted:
-		s.tags[b] |= bit
+		s.tags[b].Store(tags | bit)
 		s.trusted++
 		s.untrusted--
 		s.promotions++
@@ -281,7 +306,7 @@ func (s *shard) sweep(now uint32, n uint64) {
 	s.mu.Lock()
 	for range min(n, s.nb) {
 		b := s.cursor
-		for m := usedWays(s.tags[b]); m != 0; m &= m - 1 {
+		for m := usedWays(s.tags[b].Load()); m != 0; m &= m - 1 {
 			idx := int(b*ways) + bits.TrailingZeros64(m)>>3
 			if expired(s.ents[idx].exp, now) {
 				s.remove(idx)

@@ -197,7 +197,7 @@ func (m *Mux) housekeep() {
 
 // Run forwards packets between the ports of Config.Links, one worker
 // goroutine per link: each reads a batch from In, processes every packet
-// (Process) and writes the forwarded ones to Out and the ICMP answers to
+// (ProcessBatch) and writes the forwarded ones to Out and the ICMP answers to
 // Reply, in batches. Run blocks until ctx ends or Close is called, then
 // closes the ports and returns nil; it returns an error if a port fails
 // for good (a port closed by someone else included), ErrRunning if Run is
@@ -249,6 +249,7 @@ func (m *Mux) worker(id int, l Link, stopping *atomic.Bool) error {
 		reply = l.In
 	}
 	msgs := packetio.NewBatch(m.cfg.BatchSize, 2*Headroom+m.cfg.MaxPacket, Headroom)
+	verdicts := make([]Verdict, len(msgs))
 	fwd := make([]packetio.Message, 0, len(msgs))
 	rpl := make([]packetio.Message, 0, len(msgs))
 	var loggedRead bool
@@ -276,14 +277,13 @@ func (m *Mux) worker(id int, l Link, stopping *atomic.Bool) error {
 		m.refreshClock()
 		now := m.now()
 		fwd, rpl = fwd[:0], rpl[:0]
-		for i := range msgs[:n] {
-			mm := &msgs[i]
-			v, s, e := m.process(mm.Buf, mm.Off, mm.Off+mm.N, now)
+		m.processBatch(msgs[:n], verdicts[:n], now)
+		for i, v := range verdicts[:n] {
 			switch v.Action {
 			case ActionForward:
-				fwd = append(fwd, packetio.Message{Buf: mm.Buf, Off: s, N: e - s})
+				fwd = append(fwd, msgs[i])
 			case ActionReply:
-				rpl = append(rpl, packetio.Message{Buf: mm.Buf, Off: s, N: e - s})
+				rpl = append(rpl, msgs[i])
 			}
 		}
 		if err := m.send(id, out, fwd, stopping); err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ananta-go/ananta"
 	"github.com/ananta-go/ananta/encap"
+	"github.com/ananta-go/ananta/packetio"
 )
 
 // Process forwards one packet. The IP packet (no link-layer header) is
@@ -113,7 +114,68 @@ func (m *Mux) process(buf []byte, start, end int, now uint32) (Verdict, int, int
 	if start < Headroom {
 		return m.drop(DropNoHeadroom, 0), start, end
 	}
-	return m.balance(buf, start, start+pi.totalLen, &pi, now)
+	var k flowKey
+	keyFromPacket(&k, buf[start:], pi.version, pi.sport, pi.dport, pi.proto)
+	return m.balance(buf, start, start+pi.totalLen, &pi, &k, k.hash(m.seed), now)
+}
+
+// batchChunk is how many packets ProcessBatch parses and prefetches ahead.
+const batchChunk = 16
+
+// ProcessBatch processes a batch of packets as Process does, each
+// msgs[i].Buf[Off:Off+N] with Buf[:Off] as headroom: it writes the output
+// in place, sets msgs[i].Off and N to its bounds unless the packet is
+// dropped, and stores the verdict in verdicts[i] (len(verdicts) >=
+// len(msgs)). The results are those of calling Process on each packet in
+// order; ProcessBatch is faster with large flow tables because it hashes
+// a group of packets first and prefetches their flow-table entries, so
+// that their cache misses overlap. Run's workers use it.
+func (m *Mux) ProcessBatch(msgs []packetio.Message, verdicts []Verdict) {
+	m.processBatch(msgs, verdicts[:len(msgs)], m.now())
+}
+
+func (m *Mux) processBatch(msgs []packetio.Message, verdicts []Verdict, now uint32) {
+	type pending struct {
+		pi pktInfo
+		k  flowKey
+		h  uint64
+		ok bool
+	}
+	var ps [batchChunk]pending
+	for base := 0; base < len(msgs); base += batchChunk {
+		chunk := msgs[base:min(len(msgs), base+batchChunk)]
+		for i := range chunk {
+			mm, p := &chunk[i], &ps[i]
+			p.ok = false
+			start, end := mm.Off, mm.Off+mm.N
+			if start < Headroom || end > len(mm.Buf) || start >= end || !fastParse(mm.Buf[start:end], &p.pi) {
+				continue
+			}
+			keyFromPacket(&p.k, mm.Buf[start:], p.pi.version, p.pi.sport, p.pi.dport, p.pi.proto)
+			p.h = p.k.hash(m.seed)
+			p.ok = true
+			m.ft.shard(p.h).prefetch(p.h, false)
+		}
+		for i := range chunk {
+			if p := &ps[i]; p.ok {
+				m.ft.shard(p.h).prefetch(p.h, true)
+			}
+		}
+		for i := range chunk {
+			mm, p := &chunk[i], &ps[i]
+			var v Verdict
+			var ns, ne int
+			if p.ok {
+				v, ns, ne = m.balance(mm.Buf, mm.Off, mm.Off+p.pi.totalLen, &p.pi, &p.k, p.h, now)
+			} else {
+				v, ns, ne = m.process(mm.Buf, mm.Off, mm.Off+mm.N, now)
+			}
+			verdicts[base+i] = v
+			if v.Action != ActionDrop {
+				mm.Off, mm.N = ns, ne-ns
+			}
+		}
+	}
 }
 
 // processSlow parses with encap.Parse: IP options and extension headers,
@@ -140,20 +202,18 @@ func (m *Mux) processSlow(buf []byte, start, end int, now uint32) (Verdict, int,
 	if !pi.frag {
 		pi.sport, pi.dport = p.Tuple.SrcPort, p.Tuple.DstPort
 	}
-	return m.balance(buf, start, end, &pi, now)
-}
-
-// balance forwards a packet that is not an ICMP error: flow table, SNAT
-// map, endpoint and Maglev.
-func (m *Mux) balance(buf []byte, start, end int, pi *pktInfo, now uint32) (Verdict, int, int) {
-	snap := m.snap.Load()
 	var k flowKey
 	keyFromPacket(&k, buf[start:], pi.version, pi.sport, pi.dport, pi.proto)
-	h := k.hash(m.seed)
+	return m.balance(buf, start, end, &pi, &k, k.hash(m.seed), now)
+}
 
+// balance forwards a packet that is not an ICMP error, whose flow key is
+// k and flow hash h: flow table, SNAT map, endpoint and Maglev.
+func (m *Mux) balance(buf []byte, start, end int, pi *pktInfo, k *flowKey, h uint64, now uint32) (Verdict, int, int) {
+	snap := m.snap.Load()
 	sh := m.ft.shard(h)
 	sh.mu.Lock()
-	if idx := sh.find(&k, h, now); idx >= 0 {
+	if idx := sh.find(k, h, now); idx >= 0 {
 		slot, gen := sh.pinned(idx)
 		be := snap.backend(slot)
 		if be != nil && be.gen == gen && (be.state != ananta.BackendDown || m.downKeep) {
@@ -207,7 +267,7 @@ func (m *Mux) balance(buf []byte, start, end int, pi *pktInfo, now uint32) (Verd
 		sh.mu.Unlock()
 		return m.drop(DropNoBackend, h), start, end
 	}
-	inserted := sh.insert(&k, h, be.slot, be.gen, now+be.idleU) >= 0
+	inserted := sh.insert(k, h, be.slot, be.gen, now+be.idleU) >= 0
 	sh.mu.Unlock()
 	ve.ctr.newFlow(h)
 	if inserted {

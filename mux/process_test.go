@@ -7,9 +7,11 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/ananta-go/ananta"
 	"github.com/ananta-go/ananta/encap"
+	"github.com/ananta-go/ananta/packetio"
 )
 
 func twoVIPs(order func([]ananta.Backend)) []ananta.VIPConfig {
@@ -596,4 +598,73 @@ func TestSNATReturn(t *testing.T) {
 	if r := process(m, pktSpec{src: server, dst: vip4, sport: 443, dport: 1024, proto: ananta.ProtocolTCP}.build()); r.v != drop(DropNoEndpoint) {
 		t.Errorf("after removing the ranges: %v", r.v)
 	}
+}
+
+// TestProcessBatchMatchesProcess: ProcessBatch gives the verdicts and
+// bytes Process gives, packet by packet, over a mix of tracked, new,
+// malformed, fragmented, ICMP and dropped packets.
+func TestProcessBatchMatchesProcess(t *testing.T) {
+	mk := func() *Mux {
+		clk := &fakeClock{t: time.Minute} // the ICMP rate limit depends on time
+		m := newMux(t, testConfig(func(c *Config) { c.Clock = clk.now }))
+		for _, v := range twoVIPs(nil) {
+			mustSetVIP(t, m, v)
+		}
+		return m
+	}
+	a, b := mk(), mk()
+	rng := rand.New(rand.NewPCG(5, 5))
+	var pkts [][]byte
+	for i := range 3000 {
+		tu := randomTuple(rng, i%3 != 0)
+		if i%50 == 0 {
+			tu = randomTuple(rand.New(rand.NewPCG(1, 1)), true) // repeated flows
+		}
+		spec := pktSpec{src: tu.Src, dst: tu.Dst, sport: tu.SrcPort, dport: tu.DstPort, proto: tu.Proto, payload: rng.IntN(200)}
+		switch i % 17 {
+		case 3:
+			spec.frag = 1 + rng.IntN(2)
+		case 5:
+			spec.dport = 81 // no endpoint
+		case 7:
+			spec.payload = 1500 // too big
+		}
+		p := spec.build()
+		switch i % 19 {
+		case 4:
+			p = p[:25] // malformed
+		case 8:
+			p = icmpError(netip.MustParseAddr("198.18.99.1"), pktSpec{src: vip4, dst: client, sport: 80, dport: uint16(i), proto: ananta.ProtocolTCP}.build(), 1300, 28)
+		}
+		pkts = append(pkts, p)
+	}
+	msgs := make([]packetio.Message, len(pkts))
+	for i, p := range pkts {
+		buf := make([]byte, Headroom+len(p)+64)
+		copy(buf[Headroom:], p)
+		msgs[i] = packetio.Message{Buf: buf, Off: Headroom, N: len(p)}
+	}
+	msgs[10].Off = 4 // no headroom
+	copy(msgs[10].Buf[4:], pkts[10])
+	verdicts := make([]Verdict, len(msgs))
+	b.ProcessBatch(msgs, verdicts)
+	for i, p := range pkts {
+		buf, s, e := framed(p)
+		if i == 10 {
+			buf, s, e = msgs[10].Buf, 4, 4+len(p)
+			copy(buf[4:], p)
+		}
+		v, ns, ne := a.Process(buf, s, e)
+		if v != verdicts[i] {
+			t.Fatalf("packet %d: Process %v, ProcessBatch %v", i, v, verdicts[i])
+		}
+		if v.Action != ActionDrop && !bytes.Equal(buf[ns:ne], msgs[i].Packet()) {
+			t.Fatalf("packet %d: outputs differ", i)
+		}
+	}
+	sa, sb := a.Stats(), b.Stats()
+	if sa.Drops != sb.Drops || sa.Flows != sb.Flows || sa.Forwarded != sb.Forwarded {
+		t.Errorf("stats differ:\n%+v\n%+v", sa, sb)
+	}
+	t.Logf("drops %v, flows %+v", sa.Drops, sa.Flows)
 }

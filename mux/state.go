@@ -124,6 +124,9 @@ type vipEntry struct {
 	oneTCP *endpoint   // the TCP endpoint, when there is exactly one
 	oneUDP *endpoint   // the UDP endpoint, when there is exactly one
 	snat   []snatEntry // sorted by first, disjoint
+	// snatIdx: for each block of 64 ports, the first entry of snat that
+	// ends in or after it (nil without SNAT ranges).
+	snatIdx *[65536 >> snatBlockBits]uint16
 	eps    []*endpoint // every endpoint, configuration order
 	ranges []SNATRange // as configured, sorted
 	cfg    *ananta.VIPConfig
@@ -167,22 +170,40 @@ func (v *vipEntry) endpointFor(proto ananta.Protocol, port uint16, frag bool) (*
 	return nil, DropNoEndpoint
 }
 
-// snatFor returns the SNAT range holding port, or nil.
+// snatFor returns the SNAT range holding port, or nil. v.snatIdx[p>>6]
+// is the first range that ends at or after port p&^63, so the scan from
+// there passes only ranges inside that block of 64 ports.
 func (v *vipEntry) snatFor(port uint16) *snatEntry {
-	s := v.snat
-	lo, hi := 0, len(s)
-	for lo < hi {
-		mid := int(uint(lo+hi) >> 1)
-		if s[mid].last < port {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
+	if v.snatIdx == nil {
+		return nil
 	}
-	if lo < len(s) && s[lo].first <= port {
-		return &s[lo]
+	s := v.snat
+	i := int(v.snatIdx[port>>snatBlockBits])
+	for i < len(s) && s[i].last < port {
+		i++
+	}
+	if i < len(s) && s[i].first <= port {
+		return &s[i]
 	}
 	return nil
+}
+
+const snatBlockBits = 6
+
+// buildSNATIndex fills v.snatIdx from v.snat (sorted, disjoint).
+func (v *vipEntry) buildSNATIndex() {
+	if len(v.snat) == 0 {
+		return
+	}
+	v.snatIdx = new([65536 >> snatBlockBits]uint16)
+	i := 0
+	for blk := range v.snatIdx {
+		first := uint16(blk << snatBlockBits)
+		for i < len(v.snat) && v.snat[i].last < first {
+			i++
+		}
+		v.snatIdx[blk] = uint16(i)
+	}
 }
 
 func portKey(proto ananta.Protocol, port uint16) uint32 { return uint32(proto)<<16 | uint32(port) }
