@@ -60,8 +60,8 @@ type shard struct {
 	// atomically, with mu held.
 	mu                       sync.Mutex
 	tags                     []atomic.Uint64 // per bucket: byte i is way i's tag
-	ents                     []entry  // buckets*ways
-	nb                       uint64   // buckets
+	ents                     []entry         // buckets*ways
+	nb                       uint64          // buckets
 	trusted, untrusted       int
 	maxTrusted, maxUntrusted int
 	cursor                   uint64 // next bucket to sweep

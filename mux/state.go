@@ -127,9 +127,9 @@ type vipEntry struct {
 	// snatIdx: for each block of 64 ports, the first entry of snat that
 	// ends in or after it (nil without SNAT ranges).
 	snatIdx *[65536 >> snatBlockBits]uint16
-	eps    []*endpoint // every endpoint, configuration order
-	ranges []SNATRange // as configured, sorted
-	cfg    *ananta.VIPConfig
+	eps     []*endpoint // every endpoint, configuration order
+	ranges  []SNATRange // as configured, sorted
+	cfg     *ananta.VIPConfig
 }
 
 // endpointFor returns the endpoint that serves a packet of proto to port:
