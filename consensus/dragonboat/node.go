@@ -32,6 +32,13 @@
 //   - Read uses Raft's ReadIndex and is retried in attempts of two election
 //     timeouts until the deadline, because a read has no side effect.
 //   - A context without deadline is bounded by Config.RequestTimeout.
+//   - Leader placement: a shard's throughput is its leader's, so leaders
+//     of different shards should sit on different replicas.
+//     PreferredLeader names the replica for each shard (round robin),
+//     SpreadLeaders moves leaderships there on demand, and
+//     Config.SpreadLeaders keeps them there in the background.
+//   - Membership is fixed to Config.Members: adding or replacing a replica
+//     is not implemented.
 //   - Dragonboat's logger is global to the process: the first New silences
 //     it, unless the process installed its own Dragonboat logger factory
 //     before.
@@ -172,7 +179,11 @@ func New(cfg Config, factory consensus.Factory) (*Node, error) {
 			initial = nil // restart: the membership on disk wins
 		}
 		create := func(shardID, _ uint64) sm.IStateMachine {
-			return &adapter{shard: shardID, sm: factory(shardID)}
+			m := factory(shardID)
+			if m == nil {
+				panic(fmt.Sprintf("dragonboat: the consensus.Factory returned nil for shard %d", shardID))
+			}
+			return &adapter{shard: shardID, sm: m}
 		}
 		if err := nh.StartReplica(initial, false, create, rc); err != nil {
 			nh.Close()
@@ -212,8 +223,7 @@ func (n *Node) begin(ctx context.Context, shard uint64) (context.Context, contex
 		return nil, nil, err
 	}
 	if _, ok := ctx.Deadline(); ok {
-		ctx, cancel := context.WithCancel(ctx)
-		return ctx, cancel, nil
+		return ctx, func() {}, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
 	return ctx, cancel, nil
