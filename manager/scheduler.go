@@ -59,8 +59,8 @@ type snatShard struct {
 	next     int         // ring position of the next VIP to serve
 	pending  map[dipKey]*allocReq
 	buckets  map[dipKey]*bucket
-	inflight int // batches in flight
-	extra    int // of which started beyond SNATInflight for idle VIPs
+	inflight int                // batches in flight
+	extra    int                // of which started beyond SNATInflight for idle VIPs
 	busy     map[netip.Addr]int // VIP -> requests in flight
 	prio     int                // configuration/health proposals in progress
 }
