@@ -139,12 +139,20 @@ func (r DropReason) String() string {
 
 // Result is the outcome of processing one packet.
 type Result struct {
+	// Verdict, Reason (set for Drop) and VM (the destination of ToVM).
+	Outcome
+	// Start and End delimit the packet to send (ToVM, ToUplink): the
+	// input range, moved past the outer header after decapsulation.
+	Start, End int
+}
+
+// Outcome is the verdict part of a Result. (Result keeps it in one field
+// so that the compiler holds a Result in registers: structs of more than
+// four fields always go through memory.)
+type Outcome struct {
 	Verdict Verdict
 	// Reason is set for Drop.
 	Reason DropReason
 	// VM is the destination VM for ToVM.
 	VM int
-	// Start and End delimit the packet to send (ToVM, ToUplink): the
-	// input range, moved past the outer header after decapsulation.
-	Start, End int
 }

@@ -16,15 +16,7 @@ func (e *Engine) inResult(r Result) Result {
 	return r
 }
 
-func (e *Engine) outResult(r Result) Result {
-	e.c.out[r.Verdict].Add(1)
-	if r.Verdict == Drop {
-		e.c.drops[r.Reason].Add(1)
-	}
-	return r
-}
-
-func drop(r DropReason) Result { return Result{Verdict: Drop, Reason: r} }
+func drop(r DropReason) Result { return Result{Outcome: Outcome{Verdict: Drop, Reason: r}} }
 
 // tunnelProto classifies a packet on the uplink: whether it is (or may be)
 // an IP-in-IP packet, and whether it is an IPv4 fragment.
@@ -117,7 +109,7 @@ func (e *Engine) ProcessInbound(b []byte, start, end int) Result {
 	pkt := b[start:end]
 	tunnel, frag := tunnelProto(pkt)
 	if !tunnel {
-		return e.inResult(Result{Verdict: Pass})
+		return e.inResult(Result{Outcome: Outcome{Verdict: Pass}})
 	}
 	if frag {
 		return e.inResult(drop(DropFragment))
@@ -171,7 +163,7 @@ func (e *Engine) ProcessInbound(b []byte, start, end int) Result {
 		}
 	}
 	e.c.in[ToVM].Add(1)
-	return Result{Verdict: ToVM, VM: vm, Start: istart, End: iend}
+	return Result{Outcome: Outcome{Verdict: ToVM, VM: vm}, Start: istart, End: iend}
 }
 
 // newInbound creates the flow of a new inbound packet. s.mu is held.
@@ -257,7 +249,7 @@ func (e *Engine) inboundICMPError(b []byte, p *encap.Packet, start, end int) Res
 		return drop(DropNAT)
 	}
 	e.c.icmp.Add(1)
-	return Result{Verdict: ToVM, VM: vm, Start: start, End: end}
+	return Result{Outcome: Outcome{Verdict: ToVM, VM: vm}, Start: start, End: end}
 }
 
 // ProcessOutbound implements DataPath. A packet from VM vm
@@ -273,7 +265,12 @@ func (e *Engine) inboundICMPError(b []byte, p *encap.Packet, start, end int) Res
 // Packets with a source that is not one of the VM's DIPs are dropped. It
 // never panics on any input and does not allocate, except to hold a packet.
 func (e *Engine) ProcessOutbound(vm int, b []byte, start, end int) Result {
-	return e.outResult(e.outbound(vm, b, start, end, 0))
+	r := e.outbound(vm, b, start, end, 0)
+	e.c.out[r.Verdict].Add(1)
+	if r.Verdict == Drop {
+		e.c.drops[r.Reason].Add(1)
+	}
+	return r
 }
 
 // outbound processes a packet from a VM; heldAt is non-zero when b is a
@@ -323,7 +320,7 @@ func (e *Engine) outbound(vm int, b []byte, start, end int, heldAt int64) Result
 			return drop(DropNAT)
 		}
 	}
-	return Result{Verdict: ToUplink, Start: start, End: end}
+	return Result{Outcome: Outcome{Verdict: ToUplink}, Start: start, End: end}
 }
 
 // newOutbound creates a SNAT flow for a new connection from a VM, or holds
@@ -365,7 +362,7 @@ func (e *Engine) newOutbound(s *shard, k *flowKey, vm int, pkt []byte, p *encap.
 		if !e.hold(pool, vm, pkt, heldAt, owned) {
 			return nil, drop(DropHoldFull)
 		}
-		return nil, Result{Verdict: Held}
+		return nil, Result{Outcome: Outcome{Verdict: Held}}
 	}
 	ext := pack(pool.vip)
 	nf := flow{
@@ -412,5 +409,5 @@ func (e *Engine) outboundICMPError(vm int, b []byte, p *encap.Packet, start, end
 		return drop(DropNAT)
 	}
 	e.c.icmp.Add(1)
-	return Result{Verdict: ToUplink, Start: start, End: end}
+	return Result{Outcome: Outcome{Verdict: ToUplink}, Start: start, End: end}
 }
