@@ -8,8 +8,8 @@
 // This package is the reference model that the eBPF/XDP data path must
 // match packet for packet: [Mux.Process] turns one packet into a verdict
 // and output bytes with no packet I/O, so tests, benchmarks and the
-// differential test against eBPF can drive it directly. [Mux.Run] drives
-// it over packetio ports. Both engines implement [DataPath], the interface
+// differential test against eBPF can drive it directly; [Mux.ProcessBatch]
+// does the same for a batch. [Mux.Run] drives it over packetio ports. Both engines implement [DataPath], the interface
 // the control plane programs them through.
 //
 //	m, err := mux.New(mux.Config{Addr4: muxAddr, SourcePrefix4: rssPrefix})
@@ -30,7 +30,10 @@
 //
 // # Forwarding a packet
 //
-// Process parses the packet (package encap), then
+// Process parses the packet, with a fast path for IPv4 without options
+// and IPv6 without extension headers carrying unfragmented TCP or UDP
+// (FuzzFastParse checks that it agrees with encap.Parse) and encap.Parse
+// for everything else, then
 //
 //  1. computes the flow key and flow hash (below);
 //  2. looks the flow up in the flow table: a tracked flow goes to the
@@ -141,40 +144,53 @@
 // # Flow table
 //
 // The flow table has a fixed capacity, Config.FlowTableBytes /
-// FlowEntryBytes (49 bytes per flow: a 48-byte entry holding the packed key
-// without netip values, the backend slot and generation, the expiry time
-// and a trusted bit, plus a 1-byte tag), all allocated by New. It is split
-// into up to 64 shards by flow hash, each with its own mutex; a shard is an
-// array of buckets of 8 entries whose tags are one 64-bit word, matched
-// 8 at a time. Each flow has two candidate buckets in its shard and is
+// FlowEntryBytes, all allocated by New (and advised for transparent huge
+// pages on Linux, which cuts TLB misses on large tables). A flow takes 49
+// bytes: a 48-byte entry (the packed key as five 64-bit words, no netip
+// values; the backend slot in the key word's spare bits; the slot's 16-bit
+// generation; a 32-bit expiry time in milliseconds) and a 1-byte tag. The
+// table is split into up to 64 shards by flow hash, each with its own
+// mutex. A shard is an array of buckets of 8 entries; a bucket's 8 tags
+// form one 64-bit word (7 bits of flow hash and a trusted bit per way, 0
+// for a free way) kept in a dense array apart from the entries, so that it
+// usually sits in cache: a lookup matches the 8 tags at once and then
+// reads one entry. Each flow has two candidate buckets in its shard and is
 // inserted into the less loaded one (two-choice hashing).
 //
 // A new flow is untrusted; its second packet makes it trusted. Untrusted
 // flows may hold Config.UntrustedShare of the capacity and expire after
-// Config.UntrustedIdleTimeout without packets; trusted flows may hold the
-// rest and expire after their endpoint's idle timeout. When the untrusted
-// quota or both buckets are full, a new flow replaces the untrusted entry
-// of its two buckets that expires first (an eviction); trusted entries are
-// never replaced, so a flood of spoofed SYNs churns the untrusted entries
-// and leaves established flows alone. With no untrusted entry to replace,
-// the packet is balanced by Maglev without state (a fallback, counted).
-// A second packet that finds the trusted quota full leaves the flow
-// untrusted (counted).
+// Config.UntrustedIdleTimeout without packets (or the endpoint's idle
+// timeout if shorter); trusted flows may hold the rest and expire after
+// their endpoint's idle timeout. When the untrusted quota or both buckets
+// are full, a new flow replaces one of the untrusted entries of its two
+// buckets, chosen by the flow hash (an eviction); trusted entries are never
+// replaced, so a flood of spoofed SYNs churns the untrusted entries and
+// leaves established flows alone. With no untrusted entry to replace, the
+// packet is balanced by Maglev without state (a fallback, counted). The
+// insert decides from the tag words alone. A second packet that finds the
+// trusted quota full leaves the flow untrusted (counted).
 //
 // Expiry needs no stop-the-world sweep: a lookup frees an expired entry it
-// meets (lazy expiry), inserts reclaim expired entries of their buckets,
-// and a background goroutine sweeps every bucket once a second, a slice
-// of each shard every 10 ms. Time is a coarse millisecond clock (workers
-// refresh it once per batch, the background goroutine every 10 ms), or
-// Config.Clock.
+// meets (lazy expiry), and a background goroutine sweeps every bucket once
+// a second, a slice of each shard every 10 ms under that shard's lock.
+// Time is a coarse millisecond clock (the workers refresh it once per
+// batch, the background goroutine every 10 ms), or Config.Clock.
 //
 // Flows are pinned to backend slots, not to positions in Maglev tables: a
 // slot stays with its backend (VIP, endpoint, DIP, port) while it is in the
 // configuration, and a 16-bit generation tells a reused slot from its
-// previous owner. So adding a backend, or changing weights, keeps every
-// tracked flow on its backend; a draining backend keeps its flows; a down
+// previous owner (freed slots also wait in a FIFO queue of 1024 before
+// reuse). So adding a backend, or changing weights, keeps every tracked
+// flow on its backend; a draining backend keeps its flows; a down
 // backend's flows move (DownMove) or stay (DownKeep); a removed backend's
-// flows move.
+// flows move. A moved flow is re-pinned to its new backend.
+//
+// Process takes one shard lock per packet. [Mux.ProcessBatch], which Run's
+// workers use, gives the same results for a batch of packets but parses
+// and hashes 16 packets first and prefetches their tag words and entries,
+// so that the cache misses of a large table overlap; tags are written
+// atomically (with the lock held) so that this look-ahead can read them
+// without the lock.
 //
 // # Counters and top talkers
 //
