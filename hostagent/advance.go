@@ -27,7 +27,8 @@ type resetInfo struct {
 }
 
 // Advance implements DataPath. It moves the clock (a time before the
-// current one is ignored), then
+// current one is ignored; times from time.Now count on the monotonic
+// clock), then
 //   - expires flows idle for their timeout (shorter once a TCP connection
 //     closed: EngineConfig.CloseTimeout), sending RSTs to both ends of
 //     established TCP flows of endpoints with TCPResetOnIdle (ToUplink to
@@ -40,7 +41,10 @@ type resetInfo struct {
 func (e *Engine) Advance(now time.Time, emit func(v Verdict, vm int, pkt []byte)) {
 	e.advMu.Lock()
 	defer e.advMu.Unlock()
-	t := now.UnixNano()
+	// Measured from the engine's creation: with times from time.Now the
+	// monotonic clock is used, so wall-clock steps neither freeze nor
+	// expire the flows.
+	t := e.base.UnixNano() + int64(now.Sub(e.base))
 	for {
 		old := e.now.Load()
 		if t <= old {

@@ -137,6 +137,7 @@ type Engine struct {
 	flows   *flowTable
 	snap    atomic.Pointer[snapshot]
 	now     atomic.Int64 // Unix ns, moved by Advance
+	base    time.Time    // creation time: Advance measures from it (monotonic when it can)
 	closeTO int64
 	holdTO  int64
 	mux4    []prefix4 // the IPv4 MuxPrefixes, for a quick source check
@@ -186,7 +187,8 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 			e.mux4 = append(e.mux4, prefix4{net: binary.BigEndian.Uint32(b[:]), mask: ^uint32(0) << (32 - p.Bits())})
 		}
 	}
-	e.now.Store(time.Now().UnixNano())
+	e.base = time.Now()
+	e.now.Store(e.base.UnixNano())
 	e.snap.Store(&snapshot{vips: map[netip.Addr]*vipState{}, local: map[netip.Addr]*localDIP{}})
 	return e, nil
 }
