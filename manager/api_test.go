@@ -2,6 +2,7 @@ package manager_test
 
 import (
 	"bytes"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,9 +13,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/ananta-go/ananta"
 	"github.com/ananta-go/ananta/api"
 	"github.com/ananta-go/ananta/internal/testutil"
 	"github.com/ananta-go/ananta/manager"
+	"github.com/ananta-go/ananta/manager/agent"
 )
 
 func wantCode(t *testing.T, err error, code codes.Code, msgPart string) {
@@ -158,6 +161,25 @@ func TestSNATAPI(t *testing.T) {
 	}
 	_, err = tm.snat.ReleasePorts(ctx, &api.ReleasePortsRequest{Vip: vip, Dip: "10.1.0.1", Ranges: []*api.PortRange{a.Lease.Range}})
 	wantCode(t, err, codes.NotFound, "not leased")
+	// The Host Agent's allocator over the same API.
+	sc := agent.NewSNATClient(tm.conn)
+	v, dp, h := netip.MustParseAddr(vip), netip.MustParseAddr("10.1.0.7"), netip.MustParseAddr("198.18.0.7")
+	got, err := sc.AllocatePorts(ctx, v, dp, h, 64)
+	if err != nil || len(got) != 1 || got[0].Len() != 64 {
+		t.Fatalf("SNATClient.AllocatePorts: %v %v", got, err)
+	}
+	bogus := ananta.PortRange{First: 65528, Last: 65535}
+	held, err := sc.RenewLeases(ctx, v, dp, []ananta.PortRange{got[0], bogus})
+	if err != nil || len(held) != 1 || held[0] != got[0] {
+		t.Fatalf("SNATClient.RenewLeases: %v %v", held, err)
+	}
+	if err := sc.ReleasePorts(ctx, v, dp, got); err != nil {
+		t.Fatal(err)
+	}
+	if held, err := sc.RenewLeases(ctx, v, dp, got); err != nil || len(held) != 0 {
+		t.Fatalf("renewed a released range: %v %v", held, err)
+	}
+
 	// Forced release of everything a DIP holds.
 	rel, err = tm.snat.ReleasePorts(ctx, &api.ReleasePortsRequest{Vip: vip, Dip: "10.1.0.9", Force: true})
 	if err != nil || len(rel.Released) != 1 {
