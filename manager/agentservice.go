@@ -67,6 +67,8 @@ func (s *agentServer) Watch(req *api.WatchRequest, stream api.AgentService_Watch
 	if err != nil {
 		return err
 	}
+	m.stats.watchStreams.Add(1)
+	defer m.stats.watchStreams.Add(-1)
 	session := hex.EncodeToString(newID())
 	m.reporter.add(&api.AgentUpdate{Id: req.AgentId, Kind: req.Kind, Address: req.Address, Connected: true, Session: session}, from)
 	defer func() {

@@ -282,3 +282,5 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	testutil.WaitFor(t, d, what, cond)
 }
+
+func mustParse(s string) netip.Addr { return netip.MustParseAddr(s) }

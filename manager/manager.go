@@ -56,6 +56,7 @@ type Manager struct {
 
 	snat     *scheduler
 	reporter *reporter
+	stats    counters
 	srv      *grpc.Server
 
 	ctx     context.Context // canceled by Close
@@ -256,8 +257,12 @@ func (m *Manager) propose(ctx context.Context, shard uint64, cmd *api.Command) (
 		cmd.Now = m.cfg.Now().UnixNano()
 	}
 	b := marshal(cmd)
+	m.stats.proposals.Add(1)
 	backoff := 5 * time.Millisecond
 	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			m.stats.proposalRetries.Add(1)
+		}
 		actx, cancel := context.WithTimeout(ctx, m.cfg.ProposeTimeout)
 		stop := context.AfterFunc(m.epochCtx(shard), cancel)
 		out, err := m.node.Propose(actx, shard, b)

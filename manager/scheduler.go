@@ -172,6 +172,8 @@ func (s *scheduler) take(sh *snatShard) ([]*allocReq, bool) {
 	for _, r := range batch {
 		sh.busy[r.key.vip]++
 	}
+	s.m.stats.snatBatches.Add(1)
+	s.m.stats.snatBatchItems.Add(uint64(len(batch)))
 	sh.inflight++
 	if onlyIdle {
 		sh.extra++
@@ -264,8 +266,10 @@ func (s *scheduler) allocate(ctx context.Context, shard uint64, key dipKey, host
 	sh := s.shards[shard]
 	deadline, _ := ctx.Deadline()
 	sh.mu.Lock()
+	s.m.stats.snatRequests.Add(1)
 	r := sh.pending[key]
 	if r != nil {
+		s.m.stats.snatJoined.Add(1)
 		joined = true
 		if deadline.After(r.deadline) {
 			r.deadline = deadline // a batch not yet proposed uses it
@@ -277,6 +281,7 @@ func (s *scheduler) allocate(ctx context.Context, shard uint64, key dipKey, host
 		}
 		if !s.allow(sh, key, time.Now()) {
 			sh.mu.Unlock()
+			s.m.stats.snatRateLimited.Add(1)
 			return nil, false, status.Errorf(codes.ResourceExhausted, "dip %s of vip %s exceeds %g allocation requests per second", key.dip, key.vip, s.m.cfg.SNATRate)
 		}
 		q := sh.queues[key.vip]
@@ -287,6 +292,7 @@ func (s *scheduler) allocate(ctx context.Context, shard uint64, key dipKey, host
 		}
 		if len(q.reqs) >= s.m.cfg.SNATQueueLimit {
 			sh.mu.Unlock()
+			s.m.stats.snatQueueFull.Add(1)
 			return nil, false, status.Errorf(codes.ResourceExhausted, "vip %s has %d allocation requests queued", key.vip, len(q.reqs))
 		}
 		r = &allocReq{key: key, host: host, size: size, deadline: deadline, done: make(chan struct{})}
@@ -319,4 +325,17 @@ func (s *scheduler) hold(shard uint64) func() {
 		sh.mu.Unlock()
 		sh.signal()
 	}
+}
+
+// queued returns the number of requests waiting in the queues.
+func (s *scheduler) queued() int {
+	n := 0
+	for _, sh := range s.shards {
+		sh.mu.Lock()
+		for _, q := range sh.ring {
+			n += len(q.reqs)
+		}
+		sh.mu.Unlock()
+	}
+	return n
 }
