@@ -187,8 +187,8 @@
 //
 // Process takes one shard lock per packet. [Mux.ProcessBatch], which Run's
 // workers use, gives the same results for a batch of packets but parses
-// and hashes 16 packets first and prefetches their tag words and entries,
-// so that the cache misses of a large table overlap; tags are written
+// and hashes 16 packets first, then prefetches their entries, so that the
+// cache misses of a large table overlap; tags are written
 // atomically (with the lock held) so that this look-ahead can read them
 // without the lock.
 //

@@ -142,23 +142,27 @@ func usedWays(tags uint64) uint64 { return (tags&low7 + low7 | tags) & msb8 }
 // that is not trusted.
 func untrustedWays(tags uint64) uint64 { return (tags&low7 + low7) &^ tags & msb8 }
 
-// prefetch hints the CPU to load the entry of flow h, or its buckets'
-// tags if it cannot tell yet which entry: call it once when the tags may
-// not be cached, and again when they are. It reads the tags without s.mu;
-// a stale read costs only a useless prefetch.
-func (s *shard) prefetch(h uint64, entry bool) {
+// prefetch hints the CPU to load the entry flow h will use: the first way
+// of its buckets whose tag matches, else the ways an insert would take
+// (a free way, and the way it would replace). It reads the tags without
+// s.mu; a stale read costs only a useless prefetch.
+func (s *shard) prefetch(h uint64) {
 	b1, b2 := s.buckets(h)
-	if !entry {
-		prefetch(unsafe.Pointer(&s.tags[b1]))
-		prefetch(unsafe.Pointer(&s.tags[b2]))
+	t := tagOf(h)
+	t1, t2 := s.tags[b1].Load(), s.tags[b2].Load()
+	if m := matchTag(t1, t); m != 0 {
+		prefetch(unsafe.Pointer(&s.ents[int(b1*ways)+bits.TrailingZeros64(m)>>3]))
 		return
 	}
-	t := tagOf(h)
-	for _, b := range [2]uint64{b1, b2} {
-		if m := matchTag(s.tags[b].Load(), t); m != 0 {
-			prefetch(unsafe.Pointer(&s.ents[int(b*ways)+bits.TrailingZeros64(m)>>3]))
-			return
-		}
+	if m := matchTag(t2, t); m != 0 {
+		prefetch(unsafe.Pointer(&s.ents[int(b2*ways)+bits.TrailingZeros64(m)>>3]))
+		return
+	}
+	if i := freeWay(b1, b2, t1, t2); i >= 0 {
+		prefetch(unsafe.Pointer(&s.ents[i]))
+	}
+	if i := victimWay(b1, b2, t1, t2, h); i >= 0 {
+		prefetch(unsafe.Pointer(&s.ents[i]))
 	}
 }
 
@@ -217,29 +221,51 @@ func (s *shard) insert(k *flowKey, h uint64, slot uint32, gen uint16, exp uint32
 	t := tagOf(h)
 	t1, t2 := s.tags[b1].Load(), s.tags[b2].Load()
 	if s.untrusted < s.maxUntrusted {
-		f1, f2 := msb8&^usedWays(t1), msb8&^usedWays(t2)
-		b, f := b1, f1
-		if bits.OnesCount64(f2) > bits.OnesCount64(f1) {
-			b, f = b2, f2
-		}
-		if f != 0 {
-			i := bits.TrailingZeros64(f) >> 3
+		if idx := freeWay(b1, b2, t1, t2); idx >= 0 {
+			b, i := uint64(idx/ways), idx%ways
 			s.tags[b].Store(s.tags[b].Load() | t<<(8*i))
 			s.untrusted++
-			return s.fill(int(b*ways)+i, k, slot, gen, exp)
+			return s.fill(idx, k, slot, gen, exp)
 		}
 	}
+	idx := victimWay(b1, b2, t1, t2, h)
+	if idx < 0 {
+		s.fallbacks++
+		return -1
+	}
+	b, i := uint64(idx/ways), idx%ways
+	s.tags[b].Store(s.tags[b].Load()&^(0xff<<(8*i)) | t<<(8*i))
+	s.evictions++
+	return s.fill(idx, k, slot, gen, exp)
+}
+
+// freeWay returns the entry index of the first free way of the less
+// loaded of buckets b1 and b2 (b1 on a tie), given their tags, or -1.
+func freeWay(b1, b2, t1, t2 uint64) int {
+	f1, f2 := msb8&^usedWays(t1), msb8&^usedWays(t2)
+	b, f := b1, f1
+	if bits.OnesCount64(f2) > bits.OnesCount64(f1) {
+		b, f = b2, f2
+	}
+	if f == 0 {
+		return -1
+	}
+	return int(b*ways) + bits.TrailingZeros64(f)>>3
+}
+
+// victimWay returns the entry index of the untrusted way of buckets b1 and
+// b2 that flow h replaces, or -1 if they hold none: the j-th of their n
+// untrusted ways, j = n * (bits 16-31 of h) / 2^16, bits the bucket and
+// tag do not use.
+func victimWay(b1, b2, t1, t2, h uint64) int {
 	u1, u2 := untrustedWays(t1), untrustedWays(t2)
 	if b1 == b2 {
 		u2 = 0
 	}
 	n1, n := bits.OnesCount64(u1), bits.OnesCount64(u1)+bits.OnesCount64(u2)
 	if n == 0 {
-		s.fallbacks++
 		return -1
 	}
-	// Pick the j-th untrusted way of the two buckets, j from hash bits
-	// the bucket and tag do not use.
 	j := int((h >> 16 & 0xffff) * uint64(n) >> 16)
 	b, u := b1, u1
 	if j >= n1 {
@@ -248,10 +274,7 @@ func (s *shard) insert(k *flowKey, h uint64, slot uint32, gen uint16, exp uint32
 	for range j {
 		u &= u - 1
 	}
-	i := bits.TrailingZeros64(u) >> 3
-	s.tags[b].Store(s.tags[b].Load()&^(0xff<<(8*i)) | t<<(8*i))
-	s.evictions++
-	return s.fill(int(b*ways)+i, k, slot, gen, exp)
+	return int(b*ways) + bits.TrailingZeros64(u)>>3
 }
 
 // fill writes the entry at idx, whose tag is in place.

@@ -154,11 +154,10 @@ func (m *Mux) processBatch(msgs []packetio.Message, verdicts []Verdict, now uint
 			keyFromPacket(&p.k, mm.Buf[start:], p.pi.version, p.pi.sport, p.pi.dport, p.pi.proto)
 			p.h = p.k.hash(m.seed)
 			p.ok = true
-			m.ft.shard(p.h).prefetch(p.h, false)
 		}
 		for i := range chunk {
 			if p := &ps[i]; p.ok {
-				m.ft.shard(p.h).prefetch(p.h, true)
+				m.ft.shard(p.h).prefetch(p.h)
 			}
 		}
 		for i := range chunk {
