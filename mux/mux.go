@@ -231,6 +231,9 @@ func (m *Mux) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case <-m.done:
 	case err = <-errc:
+		if m.stopped(&stopping) {
+			err = nil // Close raced with the worker's read
+		}
 	}
 	stopping.Store(true)
 	m.closePorts()
@@ -256,7 +259,7 @@ func (m *Mux) worker(id int, l Link, stopping *atomic.Bool) error {
 	for {
 		n, err := l.In.ReadBatch(msgs)
 		if err != nil {
-			if stopping.Load() {
+			if m.stopped(stopping) {
 				return nil
 			}
 			if errors.Is(err, packetio.ErrClosed) {
@@ -295,6 +298,20 @@ func (m *Mux) worker(id int, l Link, stopping *atomic.Bool) error {
 	}
 }
 
+// stopped reports whether Run is stopping or the Mux is closed: a port
+// error is then expected.
+func (m *Mux) stopped(stopping *atomic.Bool) bool {
+	if stopping.Load() {
+		return true
+	}
+	select {
+	case <-m.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // send writes msgs to p, skipping the packets the port refuses.
 func (m *Mux) send(id int, p packetio.Port, msgs []packetio.Message, stopping *atomic.Bool) error {
 	for len(msgs) > 0 {
@@ -303,7 +320,7 @@ func (m *Mux) send(id int, p packetio.Port, msgs []packetio.Message, stopping *a
 			return nil
 		}
 		if errors.Is(err, packetio.ErrClosed) {
-			if stopping.Load() {
+			if m.stopped(stopping) {
 				return nil
 			}
 			return fmt.Errorf("mux: worker %d: %w", id, err)
