@@ -193,12 +193,22 @@ type HostAgent struct {
 	snatMu   sync.Mutex
 	inflight map[poolKey]bool
 	backoff  map[poolKey]retry
+	grants   map[poolKey][]grant // recent PortAllocator grants
 	snatWG   sync.WaitGroup
 
 	snatRequests, snatRequestErrors, snatPortsGranted atomic.Uint64
 	snatRangesFreed, snatRenewals, snatLost           atomic.Uint64
 	healthChanges, txErrors                           atomic.Uint64
 }
+
+type grant struct {
+	r  ananta.PortRange
+	at time.Time
+}
+
+// SNATGrantGrace is how long SetVIPSNATRanges keeps a range granted by the
+// PortAllocator that its input does not list.
+const SNATGrantGrace = 30 * time.Second
 
 type retry struct {
 	next  time.Time
@@ -228,6 +238,7 @@ func New(cfg Config) (*HostAgent, error) {
 		done:     make(chan struct{}),
 		inflight: make(map[poolKey]bool),
 		backoff:  make(map[poolKey]retry),
+		grants:   make(map[poolKey][]grant),
 	}
 	a.health = health{a: a, probers: make(map[probeTarget]*prober)}
 	var created []packetio.Port
@@ -293,6 +304,53 @@ func (a *HostAgent) DeleteVIP(vip netip.Addr) error {
 // as the Manager leased them (see Engine.SetSNATRanges).
 func (a *HostAgent) SetSNATRanges(vip, dip netip.Addr, ranges []ananta.PortRange) error {
 	return a.eng.SetSNATRanges(vip, dip, ranges)
+}
+
+// SNATLease is a VIP port range leased to a DIP on a host, as a Manager
+// distributes them.
+type SNATLease struct {
+	Range     ananta.PortRange
+	DIP, Host netip.Addr
+}
+
+// SetVIPSNATRanges takes the complete set of a VIP's leased ranges (of all
+// DIPs and hosts, as a Manager's configuration stream sends them) and makes
+// the pools of the local DIPs hold exactly theirs. Ranges the agent got
+// from the PortAllocator in the last SNATGrantGrace are kept even when the
+// set does not list them yet (the stream may lag behind the grant). Errors
+// match ErrRange; the pools of other DIPs are still updated.
+func (a *HostAgent) SetVIPSNATRanges(vip netip.Addr, leases []SNATLease) error {
+	want := map[netip.Addr][]ananta.PortRange{}
+	for _, l := range leases {
+		if _, local := a.vmOf[l.DIP]; local {
+			want[l.DIP] = append(want[l.DIP], l.Range)
+		}
+	}
+	now := time.Now()
+	var errs []error
+	for _, p := range a.eng.SNATPools() {
+		if p.VIP != vip {
+			continue
+		}
+		rs := want[p.DIP]
+		a.snatMu.Lock()
+		for _, g := range a.grants[poolKey{vip, p.DIP}] {
+			if now.Sub(g.at) < SNATGrantGrace && slices.Contains(p.Ranges, g.r) && !slices.Contains(rs, g.r) {
+				rs = append(rs, g.r)
+			}
+		}
+		a.snatMu.Unlock()
+		if err := a.eng.SetSNATRanges(vip, p.DIP, rs); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SetBackendState applies a backend state a Manager relays (see
+// Engine.SetBackendState).
+func (a *HostAgent) SetBackendState(vip, dip netip.Addr, port uint16, state ananta.BackendState) error {
+	return a.eng.SetBackendState(vip, dip, port, state)
 }
 
 // Health returns the state of every probed backend service.
@@ -581,6 +639,14 @@ func (a *HostAgent) allocate(ctx context.Context, k poolKey, need SNATNeed) {
 		}
 	}
 	a.snatMu.Lock()
+	if err == nil {
+		now := time.Now()
+		gs := slices.DeleteFunc(a.grants[k], func(g grant) bool { return now.Sub(g.at) >= SNATGrantGrace })
+		for _, r := range ranges {
+			gs = append(gs, grant{r, now})
+		}
+		a.grants[k] = gs
+	}
 	if err != nil {
 		b := a.backoff[k]
 		b.delay = min(max(2*b.delay, a.cfg.TickInterval), maxRetryBackoff)

@@ -304,3 +304,66 @@ func TestCollector(t *testing.T) {
 		t.Fatalf("metrics %v", found)
 	}
 }
+
+func TestAgentManagerStyleUpdates(t *testing.T) {
+	alloc := newGated(t)
+	close(alloc.open)
+	m := newMemAgent(t, func(c *Config) { c.Allocator = alloc })
+	if err := m.SetVIP(snatVIP()); err != nil {
+		t.Fatal(err)
+	}
+	// The complete set of the VIP's leases: the local DIPs' and another
+	// host's. Each local pool takes its own.
+	leases := []SNATLease{
+		{Range: ananta.PortRange{First: 2048, Last: 2055}, DIP: dip1, Host: hostAddr},
+		{Range: ananta.PortRange{First: 2056, Last: 2063}, DIP: dip2, Host: hostAddr},
+		{Range: ananta.PortRange{First: 2064, Last: 2071}, DIP: addr("198.18.200.9"), Host: addr("198.18.4.2")},
+	}
+	if err := m.SetVIPSNATRanges(vipAddr, leases); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range []netip.Addr{dip1, dip2} {
+		got, _ := m.Engine().SNATRanges(vipAddr, d)
+		if len(got) != 1 || got[0] != leases[i].Range {
+			t.Fatalf("pool of %s holds %v", d, got)
+		}
+	}
+	// A grant from the allocator survives a stream update that lags behind
+	// it; the rest follows the stream.
+	m.allocate(context.Background(), poolKey{vipAddr, dip1}, SNATNeed{VIP: vipAddr, DIP: dip1, Ports: 8})
+	granted, _ := m.Engine().SNATRanges(vipAddr, dip1)
+	if len(granted) != 2 {
+		t.Fatalf("pool of dip1 after a grant: %v", granted)
+	}
+	if err := m.SetVIPSNATRanges(vipAddr, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := m.Engine().SNATRanges(vipAddr, dip1)
+	if len(got) != 1 || got[0] == leases[0].Range {
+		t.Fatalf("pool of dip1 holds %v, want only the fresh grant", got)
+	}
+	if got, _ := m.Engine().SNATRanges(vipAddr, dip2); len(got) != 0 {
+		t.Fatalf("pool of dip2 holds %v, want none", got)
+	}
+	// Backend states relayed by a Manager take backends out of new flows.
+	syn := func(port uint16) []byte {
+		return tunnelled(t, build(pktSpec{src: netip.AddrPortFrom(addr("198.18.1.2"), port), dst: netip.AddrPortFrom(vipAddr, 80), proto: ananta.ProtocolTCP, flags: tcpSYN}), hostAddr)
+	}
+	for _, d := range []netip.Addr{dip1, dip2} {
+		if err := m.SetBackendState(vipAddr, d, 8080, ananta.BackendDraining); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := syn(1000)
+	if r := m.Engine().ProcessInbound(b, 0, len(b)); r.Verdict != Drop || r.Reason != DropNoBackend {
+		t.Fatalf("new flow while every backend drains: %s (%s)", r.Verdict, r.Reason)
+	}
+	m.SetBackendState(vipAddr, dip2, 8080, ananta.BackendActive)
+	b = syn(1001)
+	if r := m.Engine().ProcessInbound(b, 0, len(b)); r.Verdict != ToVM || r.VM != 1 {
+		t.Fatalf("new flow with dip2 active again: %s VM %d", r.Verdict, r.VM)
+	}
+	if err := m.SetBackendState(vipAddr, dip2, 8080, 7); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("bad state: %v", err)
+	}
+}

@@ -34,6 +34,10 @@ type DataPath interface {
 	// backend port, or the probe port); unhealthy backends get no new
 	// flows. Backends start healthy.
 	SetHealth(dip netip.Addr, port uint16, healthy bool)
+	// SetBackendState overrides the state of backend dip:port in every
+	// endpoint of vip, as a Manager relays it; a state other than active
+	// takes the backend out of new flows. Errors match ErrInvalidConfig.
+	SetBackendState(vip, dip netip.Addr, port uint16, state ananta.BackendState) error
 	// AddSNATRanges adds leased port ranges to the SNAT pool of (vip,
 	// dip). Errors match ErrNoPool or ErrRange.
 	AddSNATRanges(vip, dip netip.Addr, ranges []ananta.PortRange) error

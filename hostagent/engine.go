@@ -148,6 +148,7 @@ type Engine struct {
 	vips    map[netip.Addr]*ananta.VIPConfig
 	vms     map[int][]netip.Addr
 	health  map[netip.AddrPort]bool // false: down; absent: up
+	states  map[stateKey]ananta.BackendState
 	pools   map[poolKey]*snatPool
 	poolIDs map[uint32]*snatPool
 	nextID  uint32
@@ -177,6 +178,7 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 		vips:    make(map[netip.Addr]*ananta.VIPConfig),
 		vms:     make(map[int][]netip.Addr),
 		health:  make(map[netip.AddrPort]bool),
+		states:  make(map[stateKey]ananta.BackendState),
 		pools:   make(map[poolKey]*snatPool),
 		poolIDs: make(map[uint32]*snatPool),
 		wake:    make(chan struct{}, 1),
@@ -358,11 +360,10 @@ func (e *Engine) rebuild() {
 				if ld == nil {
 					continue
 				}
-				up := e.health[netip.AddrPortFrom(b.DIP, HealthPort(cfg, i, b))]
-				_, known := e.health[netip.AddrPortFrom(b.DIP, HealthPort(cfg, i, b))]
+				up, known := e.health[netip.AddrPortFrom(b.DIP, HealthPort(cfg, i, b))]
 				es.local = append(es.local, localBackend{
 					dip: b.DIP, port: b.Port, host: b.Host, weight: b.Weight, vm: ld.vm,
-					usable: b.Usable() && (up || !known),
+					usable: b.Usable() && (up || !known) && e.states[stateKey{a, b.DIP, b.Port}] == ananta.BackendActive,
 				})
 				if cfg.SNAT.Enabled {
 					want[poolKey{a, b.DIP}] = true
@@ -559,6 +560,35 @@ func (e *Engine) SetHealth(dip netip.Addr, port uint16, healthy bool) {
 	e.health[k] = healthy
 	e.rebuild()
 	e.log.Info("backend health changed", "dip", dip, "port", port, "healthy", healthy)
+}
+
+type stateKey struct {
+	vip, dip netip.Addr
+	port     uint16
+}
+
+// SetBackendState overrides the state of backend dip:port in every
+// endpoint of vip (as a Manager relays health and drain decisions): a
+// state other than active takes the backend out of new flows, on top of
+// its configured state and of local health. Active removes the override.
+func (e *Engine) SetBackendState(vip, dip netip.Addr, port uint16, state ananta.BackendState) error {
+	if state > ananta.BackendDown {
+		return invalidf("state", "must be active, draining or down, got %d", state)
+	}
+	k := stateKey{vip, dip, port}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.states[k] == state {
+		return nil
+	}
+	if state == ananta.BackendActive {
+		delete(e.states, k)
+	} else {
+		e.states[k] = state
+	}
+	e.rebuild()
+	e.log.Info("backend state set", "vip", vip, "dip", dip, "port", port, "state", state)
+	return nil
 }
 
 // Healthy reports the recorded health of dip:port (true if never set).

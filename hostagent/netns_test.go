@@ -340,7 +340,8 @@ func testInboundDSR(t *testing.T, tp *topo) {
 	if muxBytes < up {
 		t.Fatalf("mux carried %d bytes, less than the %d the client sent: the inbound path bypassed it", muxBytes, up)
 	}
-	if muxBytes > up+up/2 {
+	// Headers, ACKs and any retransmission stay far below the 1 MiB reply.
+	if muxBytes > 3*up {
 		t.Fatalf("mux carried %d bytes for %d sent by the client: replies went through it", muxBytes, up)
 	}
 	if fromVIP != 0 {
