@@ -127,7 +127,9 @@ type LeaderEvent struct {
 // Node is one replica of a set of shards: it owns one StateMachine per shard
 // and replicates commands to the other replicas. Every method is safe for
 // concurrent use. Replica IDs are > 0 and the same for every shard of a
-// Node.
+// Node. A Node works from its constructor on and stops in Close; it has no
+// Run method, because its work runs in the replication engine's own
+// goroutines, not in a loop the caller drives.
 type Node interface {
 	// ID returns this replica's ID.
 	ID() uint64
