@@ -143,10 +143,10 @@ func usedWays(tags uint64) uint64 { return (tags&low7 + low7 | tags) & msb8 }
 func untrustedWays(tags uint64) uint64 { return (tags&low7 + low7) &^ tags & msb8 }
 
 // prefetch hints the CPU to load the entry flow h will use: the first way
-// of its buckets whose tag matches, else the ways an insert would take
-// (a free way, and the way it would replace). It reads the tags without
-// s.mu; a stale read costs only a useless prefetch.
-func (s *shard) prefetch(h uint64) {
+// of its buckets whose tag matches, else, if insert, the ways an insert
+// would take (a free way, and the way it would replace). It reads the tags
+// without s.mu; a stale read costs only a useless prefetch.
+func (s *shard) prefetch(h uint64, insert bool) {
 	b1, b2 := s.buckets(h)
 	t := tagOf(h)
 	t1, t2 := s.tags[b1].Load(), s.tags[b2].Load()
@@ -156,6 +156,9 @@ func (s *shard) prefetch(h uint64) {
 	}
 	if m := matchTag(t2, t); m != 0 {
 		prefetch(unsafe.Pointer(&s.ents[int(b2*ways)+bits.TrailingZeros64(m)>>3]))
+		return
+	}
+	if !insert {
 		return
 	}
 	if i := freeWay(b1, b2, t1, t2); i >= 0 {

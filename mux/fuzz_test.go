@@ -34,7 +34,8 @@ func FuzzFastParse(f *testing.F) {
 			t.Fatalf("fastParse accepted what encap.Parse refuses (%v): %x", err, b)
 		}
 		if p.TotalLen != pi.totalLen || p.Tuple.SrcPort != pi.sport || p.Tuple.DstPort != pi.dport ||
-			p.Tuple.Proto != pi.proto || p.Version != pi.version || p.Fragment != encap.NotFragment || p.ICMPError {
+			p.Tuple.Proto != pi.proto || p.Version != pi.version || p.Fragment != encap.NotFragment || p.ICMPError ||
+			p.TCPFlags != pi.tcpFlags {
 			t.Fatalf("fastParse %+v, encap.Parse %+v: %x", pi, p, b)
 		}
 	})

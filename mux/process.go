@@ -41,6 +41,7 @@ type pktInfo struct {
 	proto        ananta.Protocol
 	version      uint8
 	frag         bool
+	tcpFlags     uint8 // fast path only
 }
 
 // fastParse handles the common packets (IPv4 without options and IPv6
@@ -80,6 +81,7 @@ func fastParse(b []byte, pi *pktInfo) bool {
 		if doff < 20 || off+doff > total {
 			return false
 		}
+		pi.tcpFlags = b[off+13]
 	case protoUDP:
 		if off+8 > total {
 			return false
@@ -87,6 +89,7 @@ func fastParse(b []byte, pi *pktInfo) bool {
 		if ulen := int(binary.BigEndian.Uint16(b[off+4:])); ulen < 8 || off+ulen > total {
 			return false
 		}
+		pi.tcpFlags = 0
 	default:
 		return false
 	}
@@ -157,7 +160,11 @@ func (m *Mux) processBatch(msgs []packetio.Message, verdicts []Verdict, now uint
 		}
 		for i := range chunk {
 			if p := &ps[i]; p.ok {
-				m.ft.shard(p.h).prefetch(p.h)
+				// A TCP packet other than a SYN that misses the table is
+				// rarely a new flow (SNAT return traffic is the common
+				// case): do not prefetch where it would be inserted.
+				ins := p.pi.proto != ananta.ProtocolTCP || p.pi.tcpFlags&(encap.TCPFlagSYN|encap.TCPFlagACK) == encap.TCPFlagSYN
+				m.ft.shard(p.h).prefetch(p.h, ins)
 			}
 		}
 		for i := range chunk {
