@@ -18,8 +18,12 @@ type reporter struct {
 	wake chan struct{}
 
 	// mu guards pending and last.
-	mu      sync.Mutex
-	pending map[uint64]map[string]*api.AgentUpdate // shard -> agent -> update
+	mu sync.Mutex
+	// pending holds, per shard and agent, the updates not proposed yet in
+	// arrival order. An applied-only report is merged into the agent's
+	// last pending connect or applied-only update; connections and
+	// disconnections (of possibly different streams) are kept in order.
+	pending map[uint64]map[string][]*api.AgentUpdate
 	// last is the latest applied version per agent and shard reported to
 	// this replica, used when a stream ends.
 	last map[string]map[uint64]uint64
@@ -29,7 +33,7 @@ func newReporter(m *Manager) *reporter {
 	return &reporter{
 		m:       m,
 		wake:    make(chan struct{}, 1),
-		pending: make(map[uint64]map[string]*api.AgentUpdate),
+		pending: make(map[uint64]map[string][]*api.AgentUpdate),
 		last:    make(map[string]map[uint64]uint64),
 	}
 }
@@ -51,21 +55,20 @@ func (r *reporter) add(u *api.AgentUpdate, versions map[uint64]uint64) {
 	for _, s := range r.m.shards {
 		p := r.pending[s]
 		if p == nil {
-			p = make(map[string]*api.AgentUpdate)
+			p = make(map[string][]*api.AgentUpdate)
 			r.pending[s] = p
 		}
 		x := &api.AgentUpdate{
 			Id: u.Id, Kind: u.Kind, Address: u.Address, Applied: versions[s],
 			Connected: u.Connected, Session: u.Session, AppliedOnly: u.AppliedOnly,
 		}
-		if old := p[u.Id]; old != nil && x.AppliedOnly && !old.AppliedOnly {
-			// Keep a pending connect or disconnect; only refresh its version.
-			if old.Connected {
-				old.Applied = x.Applied
-			}
+		list := p[u.Id]
+		if n := len(list); n > 0 && x.AppliedOnly && (list[n-1].AppliedOnly || list[n-1].Connected) {
+			last := list[n-1]
+			last.Applied, last.Kind, last.Address = x.Applied, x.Kind, x.Address
 			continue
 		}
-		p[u.Id] = x
+		p[u.Id] = append(list, x)
 	}
 	if !u.Connected && !u.AppliedOnly {
 		delete(r.last, u.Id)
@@ -108,10 +111,10 @@ func (r *reporter) run() {
 				continue
 			}
 			cmd := &api.AgentsCommand{}
-			for _, u := range p {
-				cmd.Updates = append(cmd.Updates, u)
+			for _, list := range p {
+				cmd.Updates = append(cmd.Updates, list...)
 			}
-			r.pending[s] = make(map[string]*api.AgentUpdate)
+			r.pending[s] = make(map[string][]*api.AgentUpdate)
 			busy[s] = true
 			wg.Add(1)
 			go func(s uint64) {

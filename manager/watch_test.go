@@ -167,3 +167,57 @@ func TestWatchStreamProtocol(t *testing.T) {
 		t.Fatalf("resumed stream sent %v, want the one change after version %d", m, v)
 	}
 }
+
+// TestReconnectKeepsAgentConnected: the end of an agent's old stream,
+// noticed after its new stream started, does not mark it disconnected.
+func TestReconnectKeepsAgentConnected(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	tm := startManager(t, []uint64{1, 2}, nil, nil)
+	ctx := ctxT(t, 20*time.Second)
+	connected := func() (bool, bool) {
+		l, err := tm.agent.ListAgents(ctx, &api.ListAgentsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range l.Agents {
+			if a.Id == "mux-r" {
+				return true, a.Connected
+			}
+		}
+		return false, false
+	}
+	open := func() context.CancelFunc {
+		sctx, cancel := context.WithCancel(ctx)
+		st, err := tm.agent.Watch(sctx, &api.WatchRequest{AgentId: "mux-r", Kind: api.AgentKind_AGENT_KIND_MUX})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != nil { // the stream is being served
+			t.Fatal(err)
+		}
+		return cancel
+	}
+	closeOld := open()
+	waitFor(t, 10*time.Second, "the agent to register", func() bool { _, c := connected(); return c })
+	closeNew := open()
+	before := tm.Stats().WatchStreams
+	closeOld()
+	waitFor(t, 10*time.Second, "the old stream to end", func() bool { return tm.Stats().WatchStreams == before-1 })
+	// The disconnection is recorded (or dropped) by the next Agents command;
+	// a heartbeat after it shows the final state.
+	if _, err := tm.agent.ReportApplied(ctx, &api.ReportAppliedRequest{AgentId: "other", Kind: api.AgentKind_AGENT_KIND_MUX}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the heartbeat of another agent", func() bool {
+		l, err := tm.agent.ListAgents(ctx, &api.ListAgentsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(l.Agents) == 2
+	})
+	if known, c := connected(); !known || !c {
+		t.Fatal("the agent shows as disconnected while its new stream is open")
+	}
+	closeNew()
+	waitFor(t, 10*time.Second, "the agent to show as disconnected", func() bool { _, c := connected(); return !c })
+}
