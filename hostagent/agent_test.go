@@ -231,6 +231,10 @@ func TestAgentSNATIdleRangesGoBack(t *testing.T) {
 	// The flow idles out after 1 s, the range a further second later: it
 	// goes back to the allocator. Renewals run meanwhile.
 	testutil.WaitFor(t, 10*time.Second, "idle ports given back", func() bool { return alloc.PortsHeld(vipAddr, dip1) == 0 })
+	// Nothing asks for them again without new demand.
+	if needs := m.Engine().SNATNeeds(time.Now()); len(needs) != 0 {
+		t.Fatalf("needs %+v right after the idle ranges went back", needs)
+	}
 	st := m.Stats()
 	if st.SNATRangesFreed == 0 || st.SNATLeaseRenewals == 0 || st.SNATPorts != 0 {
 		t.Fatalf("stats %+v", st)

@@ -267,15 +267,16 @@ func (e *Engine) signal() {
 }
 
 // SNATNeeds returns the pools that want more ports at now: those with held
-// packets, and those below their low-water mark that have seen demand
-// recently. Ports is the demand predictor's recommendation (a power of two
-// of at least 8).
+// packets, and those below their low-water mark that have flows and have
+// seen demand recently (a pool whose flows all ended asks for nothing, so
+// that ranges given back when idle are not asked for again at once). Ports
+// is the demand predictor's recommendation (a power of two of at least 8).
 func (e *Engine) SNATNeeds(now time.Time) []SNATNeed {
 	var out []SNATNeed
 	for _, p := range e.poolList() {
 		p.mu.Lock()
 		held := len(p.held)
-		if held > 0 || (p.pool.Low() && p.pred.Rate(now) > 0) {
+		if held > 0 || (p.pool.Low() && p.pool.Flows() > 0 && p.pred.Rate(now) > 0) {
 			n := p.pred.Recommend(now)
 			out = append(out, SNATNeed{VIP: p.vip, DIP: p.dip, Ports: n, Held: held})
 		}
