@@ -14,6 +14,7 @@ type Stats struct {
 	SNATJoined      uint64 // joined a pending request of the same DIP
 	SNATRateLimited uint64 // refused by the DIP's token bucket
 	SNATQueueFull   uint64 // refused because the VIP's queue was full
+	SNATAbandoned   uint64 // dropped from the queue: every caller gave up
 	SNATBatches     uint64 // allocation proposals
 	SNATBatchItems  uint64 // requests in those proposals
 	SNATQueued      uint64 // requests waiting in the queues now
@@ -27,6 +28,7 @@ type Stats struct {
 
 type counters struct {
 	snatRequests, snatJoined, snatRateLimited, snatQueueFull atomic.Uint64
+	snatAbandoned                                            atomic.Uint64
 	snatBatches, snatBatchItems                              atomic.Uint64
 	proposals, proposalRetries                               atomic.Uint64
 	watchStreams                                             atomic.Int64
@@ -40,6 +42,7 @@ func (m *Manager) Stats() Stats {
 		SNATJoined:      c.snatJoined.Load(),
 		SNATRateLimited: c.snatRateLimited.Load(),
 		SNATQueueFull:   c.snatQueueFull.Load(),
+		SNATAbandoned:   c.snatAbandoned.Load(),
 		SNATBatches:     c.snatBatches.Load(),
 		SNATBatchItems:  c.snatBatchItems.Load(),
 		Proposals:       c.proposals.Load(),
@@ -58,6 +61,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 
 var (
 	descSNATRequests = desc("snat_requests_total", "SNAT allocation requests, by outcome at the scheduler (queued, joined, rate_limited, queue_full).", "outcome")
+	descSNATAbandon  = desc("snat_abandoned_total", "SNAT allocation requests dropped from the queue because every caller gave up.")
 	descSNATBatches  = desc("snat_batches_total", "SNAT allocation proposals.")
 	descSNATItems    = desc("snat_batch_items_total", "Requests in SNAT allocation proposals.")
 	descSNATQueued   = desc("snat_queued", "SNAT allocation requests waiting now.")
@@ -70,7 +74,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSNATRequests, descSNATBatches, descSNATItems, descSNATQueued, descProposals, descRetries, descWatch, descVersion, descLeader} {
+	for _, d := range []*prometheus.Desc{descSNATRequests, descSNATAbandon, descSNATBatches, descSNATItems, descSNATQueued, descProposals, descRetries, descWatch, descVersion, descLeader} {
 		ch <- d
 	}
 }
@@ -89,6 +93,7 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 	counter(descSNATRequests, s.SNATJoined, "joined")
 	counter(descSNATRequests, s.SNATRateLimited, "rate_limited")
 	counter(descSNATRequests, s.SNATQueueFull, "queue_full")
+	counter(descSNATAbandon, s.SNATAbandoned)
 	counter(descSNATBatches, s.SNATBatches)
 	counter(descSNATItems, s.SNATBatchItems)
 	gauge(descSNATQueued, float64(s.SNATQueued))

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,6 +36,10 @@ type allocReq struct {
 	done     chan struct{} // closed when res or err is set
 	res      *api.AllocateResult
 	err      error
+	// waiters is the number of callers still waiting; queued is true
+	// until the request is taken into a batch. Guarded by the shard's mu.
+	waiters int
+	queued  bool
 }
 
 type vipQueue struct {
@@ -152,6 +157,7 @@ func (s *scheduler) take(sh *snatShard) ([]*allocReq, bool) {
 			i++ // one pass over the ring
 			continue
 		}
+		q.reqs[0].queued = false
 		batch = append(batch, q.reqs[0])
 		q.reqs[0] = nil
 		q.reqs = q.reqs[1:]
@@ -228,6 +234,7 @@ func (s *scheduler) failAll(sh *snatShard, err error) {
 	defer sh.mu.Unlock()
 	for _, q := range sh.ring {
 		for _, r := range q.reqs {
+			r.queued = false
 			r.err = err
 			delete(sh.pending, r.key)
 			close(r.done)
@@ -270,6 +277,7 @@ func (s *scheduler) allocate(ctx context.Context, shard uint64, key dipKey, host
 	r := sh.pending[key]
 	if r != nil {
 		s.m.stats.snatJoined.Add(1)
+		r.waiters++
 		joined = true
 		if deadline.After(r.deadline) {
 			r.deadline = deadline // a batch not yet proposed uses it
@@ -295,7 +303,7 @@ func (s *scheduler) allocate(ctx context.Context, shard uint64, key dipKey, host
 			s.m.stats.snatQueueFull.Add(1)
 			return nil, false, status.Errorf(codes.ResourceExhausted, "vip %s has %d allocation requests queued", key.vip, len(q.reqs))
 		}
-		r = &allocReq{key: key, host: host, size: size, deadline: deadline, done: make(chan struct{})}
+		r = &allocReq{key: key, host: host, size: size, deadline: deadline, done: make(chan struct{}), waiters: 1, queued: true}
 		q.reqs = append(q.reqs, r)
 		sh.pending[key] = r
 	}
@@ -305,8 +313,42 @@ func (s *scheduler) allocate(ctx context.Context, shard uint64, key dipKey, host
 	case <-r.done:
 		return r.res, joined, r.err
 	case <-ctx.Done():
+		s.abandon(sh, r)
 		return nil, joined, status.FromContextError(ctx.Err()).Err()
 	}
+}
+
+// abandon notes that a caller of r stopped waiting. A request that nobody
+// waits for any more and that is still queued is dropped, so that callers
+// that give up do not leave leases behind (a request already proposed
+// still completes; its lease expires unless renewed).
+func (s *scheduler) abandon(sh *snatShard, r *allocReq) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	r.waiters--
+	if r.waiters > 0 || !r.queued {
+		return
+	}
+	r.queued = false
+	q := sh.queues[r.key.vip]
+	if q != nil {
+		if i := slices.Index(q.reqs, r); i >= 0 {
+			q.reqs = slices.Delete(q.reqs, i, i+1)
+		}
+		if len(q.reqs) == 0 {
+			delete(sh.queues, q.vip)
+			if i := slices.Index(sh.ring, q); i >= 0 {
+				sh.ring = slices.Delete(sh.ring, i, i+1)
+				if sh.next > i {
+					sh.next--
+				}
+			}
+		}
+	}
+	delete(sh.pending, r.key)
+	r.err = status.Error(codes.Canceled, "abandoned by its callers")
+	close(r.done)
+	s.m.stats.snatAbandoned.Add(1)
 }
 
 // hold marks a priority proposal in progress in shard: no new SNAT batch

@@ -166,3 +166,43 @@ func TestLeaseExpiry(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "the agent to drop the expired range", func() bool { return ranges() == 1 })
 }
+
+// TestSNATAbandoned: a queued request whose caller gives up is dropped and
+// leases nothing.
+func TestSNATAbandoned(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	var gn *gateNode
+	tm := startManager(t, []uint64{1}, func(n consensus.Node) consensus.Node { gn = &gateNode{Node: n}; return gn }, func(c *manager.Config) { c.SNATInflight = 1 })
+	ctx := ctxT(t, 20*time.Second)
+	const vip = "198.19.0.63"
+	if _, err := tm.vips.CreateVIP(ctx, &api.CreateVIPRequest{Config: vipConfig(vip, true, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	gn.set(gate)
+	done := make(chan error, 1)
+	go func() {
+		_, err := tm.snat.AllocatePorts(ctx, &api.AllocatePortsRequest{Vip: vip, Dip: "10.1.0.5", Host: "198.18.0.5", Hint: 8})
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the first request's proposal", func() bool { return tm.Stats().SNATBatches == 1 })
+	// The VIP has a batch in flight and the only slot is taken: the second
+	// request waits in the queue until its deadline.
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	_, err := tm.snat.AllocatePorts(short, &api.AllocatePortsRequest{Vip: vip, Dip: "10.1.0.6", Host: "198.18.0.6", Hint: 8})
+	cancel()
+	wantCode(t, err, codes.DeadlineExceeded, "")
+	waitFor(t, 10*time.Second, "the request to be dropped", func() bool { return tm.Stats().SNATAbandoned == 1 })
+	gn.set(nil)
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	l, err := tm.snat.ListLeases(ctx, &api.ListLeasesRequest{Vip: vip, Dip: "10.1.0.6"})
+	if err != nil || len(l.Leases) != 0 {
+		t.Fatalf("the abandoned request leased %v (%v)", l, err)
+	}
+	if s := tm.Stats(); s.SNATBatches != 1 || s.SNATQueued != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
