@@ -110,3 +110,52 @@ func (e *Engine) endFlow(pkt []byte) {
 	e.mu.Unlock()
 	sp.release(proto, port, dst, e.now.Load())
 }
+
+// TestNoAllocsOnTrackedFlows: packets of tracked flows, both directions and
+// both kinds, allocate nothing.
+func TestNoAllocsOnTrackedFlows(t *testing.T) {
+	v := webVIP() // one backend: dip1 in VM 0
+	v.SNAT.Enabled = true
+	e := newEngine(t, v)
+	if err := e.AddSNATRanges(vipAddr, dip1, []ananta.PortRange{{First: 2048, Last: 2055}}); err != nil {
+		t.Fatal(err)
+	}
+	client := ap("198.18.1.2:40000")
+	in := build(pktSpec{src: client, dst: netip.AddrPortFrom(vipAddr, 80), proto: ananta.ProtocolTCP, flags: tcpACK})
+	reply := build(pktSpec{src: netip.AddrPortFrom(dip1, 8080), dst: client, proto: ananta.ProtocolTCP, flags: tcpACK})
+	src, server := netip.AddrPortFrom(dip1, 40000), ap("198.18.50.2:443")
+	if r, o := e.out(t, 0, build(pktSpec{src: src, dst: server, proto: ananta.ProtocolTCP, flags: tcpSYN})); r.Verdict != ToUplink {
+		t.Fatal(r)
+	} else if p := parse(t, o); p.Tuple.SrcPort != 2048 {
+		t.Fatalf("SYN left from port %d", p.Tuple.SrcPort)
+	}
+	out := build(pktSpec{src: src, dst: server, proto: ananta.ProtocolTCP, flags: tcpACK})
+	ret := build(pktSpec{src: server, dst: netip.AddrPortFrom(vipAddr, 2048), proto: ananta.ProtocolTCP, flags: tcpACK})
+	if r, _ := e.in(t, in); r.Verdict != ToVM {
+		t.Fatal(r)
+	}
+	tin, s1 := tunnel(t, in, muxAddr, hostAddr)
+	tret, s2 := tunnel(t, ret, muxAddr, hostAddr)
+	bufs := [][]byte{make([]byte, len(tin)), make([]byte, len(reply)), make([]byte, len(out)), make([]byte, len(tret))}
+	allocs := testing.AllocsPerRun(200, func() {
+		copy(bufs[0], tin)
+		copy(bufs[1], reply)
+		copy(bufs[2], out)
+		copy(bufs[3], tret)
+		if r := e.ProcessInbound(bufs[0], s1, len(bufs[0])); r.Verdict != ToVM {
+			t.Fatal(r)
+		}
+		if r := e.ProcessOutbound(0, bufs[1], 0, len(bufs[1])); r.Verdict != ToUplink {
+			t.Fatal(r)
+		}
+		if r := e.ProcessOutbound(0, bufs[2], 0, len(bufs[2])); r.Verdict != ToUplink {
+			t.Fatal(r)
+		}
+		if r := e.ProcessInbound(bufs[3], s2, len(bufs[3])); r.Verdict != ToVM {
+			t.Fatal(r)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per round of four packets of tracked flows", allocs)
+	}
+}

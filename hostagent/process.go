@@ -101,7 +101,8 @@ func ack(b []byte, p *encap.Packet) uint32 {
 //   - otherwise a packet to a VIP endpoint starts a new inbound flow if the
 //     endpoint's ACL allows it and a local backend is usable.
 //
-// It never panics on any input and does not allocate.
+// It never panics on any input. Packets of tracked flows do not allocate;
+// a new flow may grow its shard's slab and index.
 func (e *Engine) ProcessInbound(b []byte, start, end int) Result {
 	if start < 0 || start > end || end > len(b) {
 		return e.inResult(drop(DropMalformed))
@@ -263,7 +264,8 @@ func (e *Engine) inboundICMPError(b []byte, p *encap.Packet, start, end int) Res
 //     has none, a copy is Held and ports are requested.
 //
 // Packets with a source that is not one of the VM's DIPs are dropped. It
-// never panics on any input and does not allocate, except to hold a packet.
+// never panics on any input. Packets of tracked flows do not allocate; a
+// new flow may grow its shard's slab and index, and a held packet is copied.
 func (e *Engine) ProcessOutbound(vm int, b []byte, start, end int) Result {
 	r := e.outbound(vm, b, start, end, 0)
 	e.c.out[r.Verdict].Add(1)
