@@ -227,12 +227,18 @@ func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
 // Manager's own state (VIPs and leases).
 func expectedSummary(t testing.TB, tm *testManager) string {
 	t.Helper()
+	return expectedFrom(t, tm.vips, tm.snat)
+}
+
+// expectedFrom is expectedSummary through the given clients.
+func expectedFrom(t testing.TB, vipsC api.VIPServiceClient, snatC api.SNATServiceClient) string {
+	t.Helper()
 	ctx := ctxT(t, 10*time.Second)
 	var b bytes.Buffer
 	var all []*api.VIP
 	token := ""
 	for {
-		l, err := tm.vips.ListVIPs(ctx, &api.ListVIPsRequest{PageToken: token, PageSize: 7})
+		l, err := vipsC.ListVIPs(ctx, &api.ListVIPsRequest{PageToken: token, PageSize: 7})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -247,7 +253,7 @@ func expectedSummary(t testing.TB, tm *testManager) string {
 		if !v.Config.GetSnat().GetEnabled() {
 			continue
 		}
-		ls, err := tm.snat.ListLeases(ctx, &api.ListLeasesRequest{Vip: v.Config.Vip})
+		ls, err := snatC.ListLeases(ctx, &api.ListLeasesRequest{Vip: v.Config.Vip})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/ananta-go/ananta/consensus"
 	"github.com/ananta-go/ananta/consensus/dragonboat"
 	"github.com/ananta-go/ananta/manager"
+	"github.com/ananta-go/ananta/manager/agent"
 )
 
 // replica is one Manager replica on Dragonboat, on disk.
@@ -238,7 +239,7 @@ func TestReplicatedSNATLeaderLoss(t *testing.T) {
 	}
 	shards := []uint64{1, 2}
 	c := newCluster(t, 3, shards, true, func(cfg *manager.Config) { cfg.ProposeTimeout = time.Second })
-	c.waitLeaders(20 * time.Second)
+	leaders := c.waitSpread(20 * time.Second)
 	ctx := ctxT(t, 120*time.Second)
 
 	addrs := make([]string, len(c.reps))
@@ -266,6 +267,13 @@ func TestReplicatedSNATLeaderLoss(t *testing.T) {
 		}
 		return true
 	})
+
+	// A Mux follows the cluster from the replica that will be stopped; it
+	// must move to another replica and resume there from its versions.
+	victim := int(leaders[1] - 1)
+	target := newMemTarget()
+	muxAgent := startAgent(t, "mux-1", agent.KindMux, target, addrs[victim], addrs[(victim+1)%3], addrs[(victim+2)%3])
+	waitFor(t, 10*time.Second, "the Mux to get its snapshots", func() bool { return muxAgent.Stats().Snapshots == 2 })
 
 	var (
 		mu      sync.Mutex
@@ -318,8 +326,10 @@ func TestReplicatedSNATLeaderLoss(t *testing.T) {
 		return len(acked)
 	}
 	waitFor(t, 30*time.Second, "500 allocations", func() bool { return count() >= 500 })
-	leaders := c.waitLeaders(10 * time.Second)
-	victim := int(leaders[1] - 1)
+	if l := c.waitLeaders(10 * time.Second); l[1] != leaders[1] {
+		t.Logf("the leadership of shard 1 moved to replica %d", l[1])
+		victim = int(l[1] - 1)
+	}
 	mu.Lock()
 	killed = time.Now()
 	mu.Unlock()
@@ -378,6 +388,14 @@ func TestReplicatedSNATLeaderLoss(t *testing.T) {
 		}
 	}
 	t.Logf("final state: %d leases (%d acknowledged; the rest are preallocations and allocations whose answer was lost with the leader)", len(final), len(acked))
+
+	// The Mux moved to a live replica, resumed without a snapshot, and
+	// holds exactly the final state.
+	want := expectedFrom(t, api.NewVIPServiceClient(dial(t, live.addr)), sc)
+	waitFor(t, 20*time.Second, "the Mux to converge", func() bool { return target.summary() == want })
+	if s := muxAgent.Stats(); s.Connects < 2 || s.Snapshots != 2 {
+		t.Fatalf("Mux stats %+v: want a reconnection that resumed (no snapshot after the first two)", s)
+	}
 
 	// The stopped replica comes back and catches up; then every replica
 	// stops and restarts from disk with the same state.
