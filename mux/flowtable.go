@@ -72,11 +72,17 @@ type shard struct {
 	_ [64]byte // keep neighbouring shards' locks off this cache line
 }
 
+// prefetchMinBytes is the flow-table size from which ProcessBatch
+// prefetches entries: smaller tables stay in the CPU caches, where the
+// look-ahead only costs time.
+const prefetchMinBytes = 4 << 20
+
 // flowTable is the Mux's flow table: fixed capacity, sharded by flow hash.
 type flowTable struct {
 	shards   []shard
 	mask     uint64 // len(shards)-1
 	capacity int
+	prefetch bool // the table is large enough for ProcessBatch to prefetch
 }
 
 // newFlowTable allocates a table within bytes of memory.
@@ -107,6 +113,7 @@ func newFlowTable(bytes int, nshards int, untrustedShare float64) *flowTable {
 		s.maxTrusted = max(1, c-s.maxUntrusted)
 		t.capacity += c
 	}
+	t.prefetch = t.capacity*FlowEntryBytes >= prefetchMinBytes
 	return t
 }
 

@@ -138,6 +138,17 @@ func (m *Mux) ProcessBatch(msgs []packetio.Message, verdicts []Verdict) {
 }
 
 func (m *Mux) processBatch(msgs []packetio.Message, verdicts []Verdict, now uint32) {
+	if !m.ft.prefetch {
+		for i := range msgs {
+			mm := &msgs[i]
+			v, ns, ne := m.process(mm.Buf, mm.Off, mm.Off+mm.N, now)
+			verdicts[i] = v
+			if v.Action != ActionDrop {
+				mm.Off, mm.N = ns, ne-ns
+			}
+		}
+		return
+	}
 	type pending struct {
 		pi pktInfo
 		k  flowKey
