@@ -101,6 +101,7 @@ func (e *Engine) Advance(now time.Time, emit func(v Verdict, vm int, pkt []byte)
 	if cap(e.scratch) < 80 {
 		e.scratch = make([]byte, 80)
 	}
+	e.c.resets.Add(2 * uint64(len(resets))) // counted before the packets leave
 	for _, r := range resets {
 		// To the remote end, as the VIP: seq is the last ACK it sent.
 		pkt := buildRST(e.scratch[:0], r.v6, r.ext, r.remote, r.extP, r.rport, r.ackOut)
@@ -108,7 +109,6 @@ func (e *Engine) Advance(now time.Time, emit func(v Verdict, vm int, pkt []byte)
 		// To the backend, as the remote end: seq is the VM's last ACK.
 		pkt = buildRST(e.scratch[:0], r.v6, r.remote, r.in, r.rport, r.inPort, r.ackIn)
 		emit(ToVM, r.vm, pkt)
-		e.c.resets.Add(2)
 	}
 	if len(resets) > 0 {
 		e.log.Debug("idle flows reset", "flows", len(resets))

@@ -678,13 +678,13 @@ func (a *HostAgent) releaseIdle(ctx context.Context, now time.Time) {
 		return
 	}
 	for _, r := range a.eng.ReleaseIdleSNAT(now, a.cfg.SNATKeepPorts) {
+		a.snatRangesFreed.Add(uint64(len(r.Ranges)))
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.SNATRequestTimeout)
 		err := a.cfg.Allocator.ReleasePorts(rctx, r.VIP, r.DIP, r.Ranges)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			a.log.Warn("snat port release failed (the leases will expire)", "vip", r.VIP, "dip", r.DIP, "ranges", r.Ranges, "err", err)
 		}
-		a.snatRangesFreed.Add(uint64(len(r.Ranges)))
 	}
 }
 

@@ -59,7 +59,8 @@ func newMemAgent(t testing.TB, mod func(*Config)) *memAgent {
 	go func() { m.errc <- a.Run(context.Background()) }()
 	t.Cleanup(func() {
 		a.Close()
-		if err := <-m.errc; err != nil {
+		// ErrClosed: the test ended before Run started.
+		if err := <-m.errc; err != nil && !errors.Is(err, ErrClosed) {
 			t.Errorf("Run: %v", err)
 		}
 	})
