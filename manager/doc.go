@@ -57,5 +57,32 @@
 // (ReportApplied, batched into few proposals per shard). A VIP change can
 // wait, up to a duration given in the request, until every connected agent
 // applied it; the response lists the agents that lag. Package
-// manager/agent is the agent side.
+// manager/agent is the agent side: a Client that watches, applies to a
+// Target (a Mux or Host Agent behind a small adapter) and reconnects to any
+// replica, and a SNATClient that a Host Agent uses as its port allocator.
+//
+// # Lifecycle and observability
+//
+// Config (by value, Validate names the field), New (opens the consensus
+// Node with the Manager's state machine factory), Run (serves gRPC until
+// its context ends), Close (idempotent). Logs go to Config.Logger (slog).
+// The Manager is a prometheus.Collector (requests by outcome, batches,
+// queue length, proposals and retries, Watch streams, shard versions and
+// leadership); Stats returns the same counters.
+//
+// # Limits of this design
+//
+//   - The shard set is fixed for the life of a deployment (no
+//     resharding): the VIP-to-shard hash depends on the number of shards.
+//   - The per-DIP request rate is enforced per replica: a DIP that sends
+//     to several replicas gets that rate from each. The per-DIP port limit
+//     is replicated and exact.
+//   - An allocation request already proposed when its caller gives up
+//     still leases its range (it expires unless renewed); a request still
+//     queued is dropped.
+//   - Versions are positions in a shard's history; an agent that presents
+//     versions of another deployment's history (the cluster was rebuilt
+//     from scratch) is not detected and must be restarted empty.
+//   - A Watch snapshot is built under the shard's read lock, which delays
+//     the shard's Apply for as long (milliseconds for thousands of leases).
 package manager
