@@ -53,15 +53,30 @@ func BenchmarkSNATAllocate(b *testing.B) {
 					b.Cleanup(func() { os.RemoveAll(d) })
 					dir = d
 				}
-				benchAllocate(b, dir, conc)
+				benchAllocate(b, dir, conc, []uint64{1, 2})
 			})
 		}
 	}
 }
 
-func benchAllocate(b *testing.B, dir string, conc int) {
+// BenchmarkSNATAllocateShards: BenchmarkSNATAllocate on disk with 256
+// clients and 1, 2 or 4 shards (16 VIPs per shard), to show how throughput
+// follows the number of shards when their leaders spread over the
+// replicas.
+func BenchmarkSNATAllocateShards(b *testing.B) {
+	for _, n := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("shards=%d", n), func(b *testing.B) {
+			var shards []uint64
+			for i := range n {
+				shards = append(shards, uint64(i+1))
+			}
+			benchAllocate(b, b.TempDir(), 256, shards)
+		})
+	}
+}
+
+func benchAllocate(b *testing.B, dir string, conc int, shards []uint64) {
 	b.ReportAllocs()
-	shards := []uint64{1, 2}
 	c := newClusterIn(b, dir, 3, shards, false, benchRTT, func(cfg *manager.Config) { cfg.SNATRate = 1e6; cfg.SNATBurst = 1e6 })
 	c.waitSpread(30 * time.Second)
 	ctx := ctxT(b, 10*time.Minute)
