@@ -335,7 +335,8 @@ func (m *Manager) read(ctx context.Context, shard uint64, q *api.Query, out prot
 // Run serves the gRPC API on the configured listener and runs the
 // replica's background work (lease expiry on the shards it leads, the
 // SNAT scheduler, the agents' report batching) until ctx ends or Close is
-// called. It returns nil when ctx ended or Close was called, ErrRunning if
+// called; when ctx ends, Run closes the Manager (see Close) before it
+// returns. It returns nil when ctx ended or Close was called, ErrRunning if
 // already running, ErrClosed after Close, or the server's error.
 func (m *Manager) Run(ctx context.Context) error {
 	m.closeMu.Lock()

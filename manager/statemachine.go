@@ -754,6 +754,7 @@ func (sm *stateMachine) healthUpdate(now int64, c *api.HealthCommand) (*api.Resu
 		healthy bool
 	}
 	var ups []upd
+	keys := make(map[netip.Addr]map[netip.AddrPort]bool) // backends per VIP, computed once
 	for _, h := range c.Reports {
 		vip, err1 := netip.ParseAddr(h.Vip)
 		dip, err2 := netip.ParseAddr(h.Dip)
@@ -763,7 +764,12 @@ func (sm *stateMachine) healthUpdate(now int64, c *api.HealthCommand) (*api.Resu
 			continue
 		}
 		k := healthKey{vip, netip.AddrPortFrom(dip, uint16(h.Port))}
-		if !backendKeys(&e.cfg)[k.backend] {
+		bk := keys[vip]
+		if bk == nil {
+			bk = backendKeys(&e.cfg)
+			keys[vip] = bk
+		}
+		if !bk[k.backend] {
 			ignored++
 			continue
 		}
