@@ -42,7 +42,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // what the software costs without the disk.
 func BenchmarkSNATAllocate(b *testing.B) {
 	for _, where := range []string{"disk", "tmpfs"} {
-		for _, conc := range []int{1, 64, 256, 1024} {
+		for _, conc := range benchClients {
 			b.Run(fmt.Sprintf("%s/clients=%d", where, conc), func(b *testing.B) {
 				dir := b.TempDir()
 				if where == "tmpfs" {
@@ -311,3 +311,6 @@ func BenchmarkLeaderLoss(b *testing.B) {
 	b.ReportMetric(ms(sum/time.Duration(len(resume))), "mean-resume-ms")
 	b.ReportMetric(ms(slices.Max(resume)), "max-resume-ms")
 }
+
+// benchClients are the client counts of BenchmarkSNATAllocate.
+var benchClients = []int{1, 8, 64, 256, 1024}
