@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
@@ -272,5 +271,3 @@ func (s *agentServer) GetTraffic(ctx context.Context, req *api.GetTrafficRequest
 	}
 	return out, nil
 }
-
-var _ = time.Second

@@ -342,8 +342,6 @@ func TestLeaseExpiryAndHealthRelay(t *testing.T) {
 	if r.Items[0].Code != 0 || r.Items[0].Last-r.Items[0].First+1 != 64 || codes.Code(r.Items[1].Code) != codes.InvalidArgument {
 		t.Fatalf("allocate: %v", r)
 	}
-	sm := func() *stateMachine { return nil }
-	_ = sm
 	leases := func() int {
 		out, err := n.Read(context.Background(), sh, marshal(&api.Query{Q: &api.Query_ListLeases{ListLeases: &api.ListLeasesRequest{Vip: vip}}}))
 		if err != nil {
