@@ -294,6 +294,8 @@ func TestDropReasons(t *testing.T) {
 		{"truncated TCP", truncated, 0, DropMalformed},
 		{"bad version", badVersion, 0, DropMalformed},
 		{"no headroom", tcp4(client, 1, vip4, 80, 0), 10, DropNoHeadroom},
+		{"IPv6 to an IPv4-mapped VIP", pktSpec{src: dip6(1), dst: netip.AddrFrom16(vip4.As16()), sport: 1, dport: 80, proto: ananta.ProtocolTCP}.build(), 0, DropMalformed},
+		{"IPv6 from an IPv4-mapped source", pktSpec{src: netip.AddrFrom16(client.As16()), dst: vip6, sport: 1, dport: 80, proto: ananta.ProtocolTCP}.build(), 0, DropMalformed},
 		{"no VIP", tcp4(client, 1, other, 80, 0), 0, DropNoVIP},
 		{"no port", tcp4(client, 1, vip4, 81, 0), 0, DropNoEndpoint},
 		{"UDP to a TCP port", pktSpec{src: client, dst: vip4, sport: 1, dport: 80, proto: ananta.ProtocolUDP}.build(), 0, DropNoEndpoint},

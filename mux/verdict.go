@@ -43,8 +43,9 @@ type DropReason uint8
 const (
 	// DropNone is the reason of a verdict that is not a drop.
 	DropNone DropReason = iota
-	// DropMalformed: the packet does not parse (encap.Parse failed), or
-	// the buffer offsets do not describe a packet.
+	// DropMalformed: the packet does not parse (encap.Parse failed), is
+	// IPv6 with an IPv4-mapped source or destination, or the buffer
+	// offsets do not describe a packet.
 	DropMalformed
 	// DropNoHeadroom: the buffer has less than Headroom bytes before the
 	// packet, so the outer header does not fit. A configuration error of
