@@ -312,5 +312,80 @@ func BenchmarkLeaderLoss(b *testing.B) {
 	b.ReportMetric(ms(slices.Max(resume)), "max-resume-ms")
 }
 
+// benchVIPRate is BenchmarkSNATFairness's per-VIP request limit
+// (Config.SNATVIPRate; 0: none).
+var benchVIPRate = 0.0
+
 // benchClients are the client counts of BenchmarkSNATAllocate.
 var benchClients = []int{1, 8, 64, 256, 1024}
+
+// BenchmarkSNATFairness: TestSNATFairness on three replicas on Dragonboat
+// (disk): the quiet VIP's median allocation latency alone and under a
+// flood of 100 outstanding requests from 100 DIPs of another VIP of the
+// same shard, all sent to the shard leader's replica. Reports both
+// medians and their ratio (the test asserts <= 2 on a fixed-latency log).
+func BenchmarkSNATFairness(b *testing.B) {
+	shards := []uint64{1, 2}
+	c := newClusterRTT(b, 3, shards, false, benchRTT, func(cfg *manager.Config) { cfg.SNATRate = 1e9; cfg.SNATBurst = 1e6; cfg.SNATVIPRate = benchVIPRate })
+	leaders := c.waitSpread(30 * time.Second)
+	ctx := ctxT(b, 10*time.Minute)
+	vs := vipsInShard(b, c.reps[0].m, 1, 2)
+	flooder, quiet := vs[0], vs[1]
+	r := c.reps[leaders[1]-1]
+	conn := dial(b, r.addr)
+	vc, sc := api.NewVIPServiceClient(conn), api.NewSNATServiceClient(conn)
+	for _, v := range vs {
+		if _, err := vc.CreateVIP(ctx, &api.CreateVIPRequest{Config: vipConfig(v, true, 1)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	measure := func(n int) []time.Duration {
+		var out []time.Duration
+		for i := 0; i < n; i++ {
+			t0 := time.Now()
+			a, err := sc.AllocatePorts(ctx, &api.AllocatePortsRequest{Vip: quiet, Dip: "10.9.0.1", Host: "198.18.9.1", Hint: 8})
+			if err != nil {
+				b.Fatal(err)
+			}
+			out = append(out, time.Since(t0))
+			if _, err := sc.ReleasePorts(ctx, &api.ReleasePortsRequest{Vip: quiet, Dip: "10.9.0.1", Ranges: []*api.PortRange{a.Lease.Range}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return out
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		measure(20)
+		unloaded := measure(100)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var flood atomic.Int64
+		for d := range 100 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					sc.AllocatePorts(ctx, &api.AllocatePortsRequest{Vip: flooder, Dip: fmt.Sprintf("10.8.%d.%d", i, d+1), Host: "198.18.8.1", Hint: 8})
+					flood.Add(1)
+				}
+			}()
+		}
+		waitFor(b, 30*time.Second, "the flood", func() bool { return flood.Load() >= 1000 })
+		f0 := flood.Load()
+		loaded := measure(100)
+		f1 := flood.Load()
+		close(stop)
+		wg.Wait()
+		mu, ml := median(unloaded), median(loaded)
+		b.ReportMetric(ms(mu), "unloaded-p50-ms")
+		b.ReportMetric(ms(ml), "flood-p50-ms")
+		b.ReportMetric(float64(ml)/float64(mu), "ratio")
+		b.ReportMetric(float64(f1-f0)/float64(len(loaded)), "flood-x")
+	}
+}

@@ -113,6 +113,13 @@ type Config struct {
 	// bucket on this replica). 0 means 200 per second with a burst of 50.
 	SNATRate  float64
 	SNATBurst int
+	// SNATVIPRate and SNATVIPBurst limit each VIP's allocation requests on
+	// this replica (a token bucket per VIP), so that one tenant's flood
+	// cannot take the whole machine from the others. 0 means no limit
+	// (the per-VIP queues still share the proposals round-robin); a
+	// burst of 0 means a tenth of a second's worth, at least 1.
+	SNATVIPRate  float64
+	SNATVIPBurst int
 
 	// ProposeTimeout bounds one attempt to propose; a proposal whose
 	// outcome is unknown is retried (safely: proposals carry IDs the
@@ -158,6 +165,9 @@ func (c Config) withDefaults() Config {
 		c.SNATRate = DefaultSNATRate
 	}
 	def(&c.SNATBurst, DefaultSNATBurst)
+	if c.SNATVIPRate > 0 && c.SNATVIPBurst == 0 {
+		c.SNATVIPBurst = max(1, int(c.SNATVIPRate/10))
+	}
 	defD(&c.ProposeTimeout, DefaultProposeTimeout)
 	defD(&c.RequestTimeout, DefaultRequestTimeout)
 	if c.Logger == nil {
@@ -214,6 +224,8 @@ func (c Config) Validate() error {
 		return invalidConfig("SNATRate must be >= 0")
 	case d.SNATBurst < 1:
 		return invalidConfig("SNATBurst must be >= 0")
+	case d.SNATVIPRate < 0 || d.SNATVIPBurst < 0:
+		return invalidConfig("SNATVIPRate and SNATVIPBurst must be >= 0")
 	case d.ProposeTimeout < time.Millisecond:
 		return invalidConfig("ProposeTimeout must be 0 or at least 1ms")
 	case d.RequestTimeout < time.Millisecond:

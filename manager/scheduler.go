@@ -64,6 +64,7 @@ type snatShard struct {
 	next     int         // ring position of the next VIP to serve
 	pending  map[dipKey]*allocReq
 	buckets  map[dipKey]*bucket
+	vipRate  map[netip.Addr]*bucket
 	inflight int                // batches in flight
 	extra    int                // of which started beyond SNATInflight for idle VIPs
 	busy     map[netip.Addr]int // VIP -> requests in flight
@@ -86,6 +87,7 @@ func newScheduler(m *Manager) *scheduler {
 			pending: make(map[dipKey]*allocReq),
 			buckets: make(map[dipKey]*bucket),
 			busy:    make(map[netip.Addr]int),
+			vipRate: make(map[netip.Addr]*bucket),
 		}
 	}
 	return s
@@ -243,6 +245,34 @@ func (s *scheduler) failAll(sh *snatShard, err error) {
 	sh.ring, sh.queues = nil, make(map[netip.Addr]*vipQueue)
 }
 
+// take1 takes a token of bucket b (refilled at rate up to burst).
+func take1(b *bucket, now time.Time, rate, burst float64) bool {
+	b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// allowVIP takes a token of the VIP's bucket, if VIPs are limited.
+func (s *scheduler) allowVIP(sh *snatShard, vip netip.Addr, now time.Time) bool {
+	rate, burst := s.m.cfg.SNATVIPRate, float64(s.m.cfg.SNATVIPBurst)
+	if rate == 0 {
+		return true
+	}
+	b := sh.vipRate[vip]
+	if b == nil {
+		if len(sh.vipRate) >= 1<<16 {
+			clear(sh.vipRate) // forget them all: they refill at once anyway
+		}
+		b = &bucket{tokens: burst, last: now}
+		sh.vipRate[vip] = b
+	}
+	return take1(b, now, rate, burst)
+}
+
 // allow takes a token of key's bucket.
 func (s *scheduler) allow(sh *snatShard, key dipKey, now time.Time) bool {
 	rate, burst := s.m.cfg.SNATRate, float64(s.m.cfg.SNATBurst)
@@ -258,13 +288,7 @@ func (s *scheduler) allow(sh *snatShard, key dipKey, now time.Time) bool {
 		b = &bucket{tokens: burst, last: now}
 		sh.buckets[key] = b
 	}
-	b.tokens = min(burst, b.tokens+now.Sub(b.last).Seconds()*rate)
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	return take1(b, now, rate, burst)
 }
 
 // allocate queues a request (or joins the DIP's pending one) and waits for
@@ -287,10 +311,16 @@ func (s *scheduler) allocate(ctx context.Context, shard uint64, key dipKey, host
 			sh.mu.Unlock()
 			return nil, false, status.Error(codes.Unavailable, "manager replica is closing")
 		}
-		if !s.allow(sh, key, time.Now()) {
+		now := time.Now()
+		if !s.allow(sh, key, now) {
 			sh.mu.Unlock()
 			s.m.stats.snatRateLimited.Add(1)
 			return nil, false, status.Errorf(codes.ResourceExhausted, "dip %s of vip %s exceeds %g allocation requests per second", key.dip, key.vip, s.m.cfg.SNATRate)
+		}
+		if !s.allowVIP(sh, key.vip, now) {
+			sh.mu.Unlock()
+			s.m.stats.snatRateLimited.Add(1)
+			return nil, false, status.Errorf(codes.ResourceExhausted, "vip %s exceeds %g allocation requests per second", key.vip, s.m.cfg.SNATVIPRate)
 		}
 		q := sh.queues[key.vip]
 		if q == nil {

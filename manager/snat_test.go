@@ -206,3 +206,25 @@ func TestSNATAbandoned(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+func TestSNATVIPRateLimit(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	tm := startManager(t, []uint64{1}, nil, func(c *manager.Config) { c.SNATVIPRate = 0.5; c.SNATVIPBurst = 2 })
+	ctx := ctxT(t, 20*time.Second)
+	for _, v := range []string{"198.19.0.64", "198.19.0.65"} {
+		if _, err := tm.vips.CreateVIP(ctx, &api.CreateVIPRequest{Config: vipConfig(v, true, 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, dip := range []string{"10.1.0.5", "10.1.0.6"} {
+		if _, err := tm.snat.AllocatePorts(ctx, &api.AllocatePortsRequest{Vip: "198.19.0.64", Dip: dip, Host: "198.18.0.5", Hint: 8}); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	_, err := tm.snat.AllocatePorts(ctx, &api.AllocatePortsRequest{Vip: "198.19.0.64", Dip: "10.1.0.7", Host: "198.18.0.5", Hint: 8})
+	wantCode(t, err, codes.ResourceExhausted, "vip 198.19.0.64 exceeds")
+	// Another VIP has its own bucket.
+	if _, err := tm.snat.AllocatePorts(ctx, &api.AllocatePortsRequest{Vip: "198.19.0.65", Dip: "10.1.0.7", Host: "198.18.0.5", Hint: 8}); err != nil {
+		t.Fatal(err)
+	}
+}
