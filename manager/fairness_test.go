@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/ananta-go/ananta/api"
 	"github.com/ananta-go/ananta/consensus"
 	"github.com/ananta-go/ananta/internal/testutil"
@@ -142,5 +144,58 @@ func TestSNATFairness(t *testing.T) {
 	t.Logf("another tenant's VIP update median latency: unloaded %v, under flood %v (%.2fx)", cu, cl, float64(cl)/float64(cu))
 	if cl > 2*cu {
 		t.Fatalf("VIP configuration under a SNAT flood: median %v, more than 2x the unloaded %v", cl, cu)
+	}
+}
+
+// healthGate holds every health proposal until release is closed.
+type healthGate struct {
+	consensus.Node
+	release chan struct{}
+	held    atomic.Int64
+}
+
+func (n *healthGate) Propose(ctx context.Context, shard uint64, cmd []byte) ([]byte, error) {
+	var c api.Command
+	if err := proto.Unmarshal(cmd, &c); err == nil && c.GetHealth() != nil {
+		n.held.Add(1)
+		select {
+		case <-n.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return n.Node.Propose(ctx, shard, cmd)
+}
+
+// TestSNATNotStarvedByPriorityWork: configuration and health proposals go
+// before SNAT batches, but priority work that never ends (here a health
+// report whose proposal hangs) does not stop SNAT: one batch at a time
+// still goes.
+func TestSNATNotStarvedByPriorityWork(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	gate := &healthGate{release: make(chan struct{})}
+	tm := startManager(t, []uint64{1}, func(n consensus.Node) consensus.Node { gate.Node = n; return gate }, nil)
+	ctx := ctxT(t, 60*time.Second)
+	const vip = "198.19.0.80"
+	if _, err := tm.vips.CreateVIP(ctx, &api.CreateVIPRequest{Config: vipConfig(vip, true, 8)}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := tm.agent.ReportHealth(ctx, &api.ReportHealthRequest{AgentId: "ha-1", Reports: []*api.HealthReport{{Vip: vip, Dip: "10.1.0.1", Port: 8080}}})
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the health proposal to hang", func() bool { return gate.held.Load() == 1 })
+	for i := 0; i < 20; i++ {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := tm.snat.AllocatePorts(actx, &api.AllocatePortsRequest{Vip: vip, Dip: fmt.Sprintf("10.2.0.%d", i+1), Host: "198.18.0.1", Hint: 8})
+		cancel()
+		if err != nil {
+			t.Fatalf("allocation %d while a health proposal is in progress: %v", i, err)
+		}
+	}
+	close(gate.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -20,7 +20,9 @@ import (
 // batch evenly) and proposes each batch as one command. At most
 // SNATInflight batches per shard are in flight; while a configuration or
 // health proposal of the shard is in progress no new batch starts
-// (priority stages). A DIP has at most one pending request: another request
+// (priority stages) beyond a single one, so that priority work never waits
+// for more than one batch and SNAT never starves. A DIP has at most one
+// pending request: another request
 // of the same (VIP, DIP) joins it and gets the same lease. Each (VIP, DIP)
 // has a token bucket of SNATRate requests per second.
 
@@ -143,7 +145,17 @@ func (s *scheduler) take(sh *snatShard) ([]*allocReq, bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	limit := s.m.cfg.SNATInflight
-	if len(sh.ring) == 0 || sh.prio > 0 || (sh.inflight-sh.extra >= limit && sh.extra >= limit) {
+	if sh.prio > 0 {
+		// Configuration or health work is being proposed: SNAT gets one
+		// batch in flight at most, so that the priority work waits for at
+		// most one batch and SNAT still moves when priority work never
+		// stops (many Host Agents reporting health).
+		limit = 1
+		if sh.inflight > 0 {
+			return nil, false
+		}
+	}
+	if len(sh.ring) == 0 || (sh.inflight-sh.extra >= limit && sh.extra >= limit) {
 		return nil, false
 	}
 	onlyIdle := sh.inflight-sh.extra >= limit
