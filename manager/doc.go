@@ -47,9 +47,11 @@
 // round-robin across VIPs in batches (one proposal per batch); a DIP has at
 // most one pending request (a second one joins it), a token bucket per DIP
 // limits its request rate, and the state machine caps the ports a DIP
-// holds. Configuration and health proposals of a shard hold back new SNAT
-// batches of that shard (priority stages), and at most a few batches are in
-// flight, so a flood of allocations does not delay configuration.
+// holds. While a configuration or health proposal of a shard is in
+// progress, SNAT batches of that shard are held to one in flight (priority
+// stages: configuration waits for at most one batch, and SNAT never
+// starves), and otherwise only a few batches are in flight, so a flood of
+// allocations does not delay configuration.
 //
 // # Distribution
 //
@@ -83,6 +85,12 @@
 //   - Versions are positions in a shard's history; an agent that presents
 //     versions of another deployment's history (the cluster was rebuilt
 //     from scratch) is not detected and must be restarted empty.
+//   - Commands carry the proposing replica's clock; replica clocks should
+//     be synchronised (NTP), since a skew shortens or lengthens leases by
+//     as much.
+//   - Traffic reports are aggregated (GetTraffic), but nothing acts on
+//     them yet: isolating a VIP that overloads the Muxes is left to the
+//     operator or a controller.
 //   - A Watch snapshot is built under the shard's read lock, which delays
 //     the shard's Apply for as long (milliseconds for thousands of leases).
 package manager
