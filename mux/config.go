@@ -153,7 +153,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock, if set, replaces the system's monotonic clock: it returns the
 	// time elapsed since an arbitrary origin and is called for every packet
-	// (for deterministic tests and simulations). If nil, the Mux reads the
+	// and by the Mux's background goroutine, so it must be safe for
+	// concurrent use (for deterministic tests and simulations). If nil, the Mux reads the
 	// monotonic clock once per batch of packets and every 10 ms.
 	Clock func() time.Duration
 }

@@ -220,7 +220,7 @@ func TestSYNFloodKeepsTrustedFlows(t *testing.T) {
 // TestExpiry: untrusted flows expire after UntrustedIdleTimeout, trusted
 // ones after their endpoint's idle timeout, by lookup or by the sweeper.
 func TestExpiry(t *testing.T) {
-	clk := &fakeClock{t: time.Hour}
+	clk := newFakeClock(time.Hour)
 	m := newMux(t, testConfig(func(c *Config) { c.Clock = clk.now; c.UntrustedIdleTimeout = time.Second }))
 	cfg := simpleVIP(vip4, 80, backends4(1, 4))
 	cfg.Endpoints[0].IdleTimeout = 5 * time.Second
@@ -242,23 +242,23 @@ func TestExpiry(t *testing.T) {
 			m.ft.shards[i].sweep(m.now(), m.ft.shards[i].nb)
 		}
 	}
-	clk.t += 999 * time.Millisecond
+	clk.advance(999 * time.Millisecond)
 	sweepAll()
 	check("after 999 ms", 1, 1)
-	clk.t += time.Millisecond
+	clk.advance(time.Millisecond)
 	sweepAll()
 	check("after 1 s", 1, 0)
-	clk.t += 3999 * time.Millisecond
+	clk.advance(3999 * time.Millisecond)
 	sweepAll()
 	check("after 4.999 s", 1, 0)
 	// A packet refreshes the trusted flow's timeout (lazy path: no sweep).
 	process(m, b)
-	clk.t += 4999 * time.Millisecond
+	clk.advance(4999 * time.Millisecond)
 	if r := process(m, b); r.v != verdictForward {
 		t.Fatal(r.v)
 	}
 	check("refreshed", 1, 0)
-	clk.t += 5 * time.Second
+	clk.advance(5 * time.Second)
 	// Lazy expiry: the lookup frees the expired entry; the packet is a new
 	// (untrusted) flow.
 	process(m, b)

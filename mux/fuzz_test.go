@@ -45,7 +45,7 @@ func FuzzFastParse(f *testing.F) {
 // buffer, and ProcessBatch agrees with it.
 func FuzzProcess(f *testing.F) {
 	fuzzSeeds(f)
-	clk := &fakeClock{}
+	clk := newFakeClock(0)
 	cfg := testConfig(func(c *Config) { c.Clock = clk.now; c.FlowTableBytes = MinFlowTableBytes })
 	a, b := newMux(f, cfg), newMux(f, cfg)
 	for _, m := range []*Mux{a, b} {

@@ -3,6 +3,7 @@ package mux
 import (
 	"encoding/binary"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,10 +222,18 @@ func backends6(first, n int) []ananta.Backend {
 	return bs
 }
 
-// fakeClock is a manual clock for Config.Clock.
-type fakeClock struct{ t time.Duration }
+// fakeClock is a manual clock for Config.Clock, safe for concurrent use
+// (the housekeeper reads it too).
+type fakeClock struct{ ns atomic.Int64 }
 
-func (c *fakeClock) now() time.Duration { return c.t }
+func newFakeClock(t time.Duration) *fakeClock {
+	c := new(fakeClock)
+	c.ns.Store(int64(t))
+	return c
+}
+
+func (c *fakeClock) now() time.Duration      { return time.Duration(c.ns.Load()) }
+func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // testConfig returns a small config; mod may change it.
 func testConfig(mod func(*Config)) Config {

@@ -420,7 +420,7 @@ func TestTooBig(t *testing.T) {
 // TestTooBigRateLimit: the token bucket allows a burst, then refills at
 // the configured rate.
 func TestTooBigRateLimit(t *testing.T) {
-	clk := &fakeClock{}
+	clk := newFakeClock(0)
 	m := newMux(t, testConfig(func(c *Config) { c.TooBigBurst = 3; c.TooBigRate = 10; c.Clock = clk.now }))
 	mustSetVIP(t, m, simpleVIP(vip4, 80, backends4(1, 1)))
 	big := pktSpec{src: client, dst: vip4, sport: 1, dport: 80, proto: ananta.ProtocolTCP, payload: 2000}.build()
@@ -428,7 +428,7 @@ func TestTooBigRateLimit(t *testing.T) {
 	for range 5 {
 		got = append(got, process(m, big).v.Action)
 	}
-	clk.t += 100_000_000 // 100 ms: one token at 10/s
+	clk.advance(100 * time.Millisecond) // one token at 10/s
 	got = append(got, process(m, big).v.Action, process(m, big).v.Action)
 	want := []Action{ActionReply, ActionReply, ActionReply, ActionDrop, ActionDrop, ActionReply, ActionDrop}
 	if !slices.Equal(got, want) {
@@ -607,7 +607,7 @@ func TestSNATReturn(t *testing.T) {
 // malformed, fragmented, ICMP and dropped packets.
 func TestProcessBatchMatchesProcess(t *testing.T) {
 	mk := func() *Mux {
-		clk := &fakeClock{t: time.Minute} // the ICMP rate limit depends on time
+		clk := newFakeClock(time.Minute) // the ICMP rate limit depends on time
 		m := newMux(t, testConfig(func(c *Config) { c.Clock = clk.now }))
 		for _, v := range twoVIPs(nil) {
 			mustSetVIP(t, m, v)

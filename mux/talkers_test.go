@@ -15,7 +15,7 @@ import (
 // TestTopTalkers: packet and new-flow rates per VIP over the sliding
 // window, highest first; traffic older than the window stops counting.
 func TestTopTalkers(t *testing.T) {
-	clk := &fakeClock{t: time.Hour}
+	clk := newFakeClock(time.Hour)
 	m := newMux(t, testConfig(func(c *Config) { c.Clock = clk.now; c.TalkerWindow = 10 * time.Second }))
 	vipA, vipB, vipC := vip4, netip.MustParseAddr("198.19.0.11"), netip.MustParseAddr("198.19.0.12")
 	for _, v := range []netip.Addr{vipA, vipB, vipC} {
@@ -31,7 +31,7 @@ func TestTopTalkers(t *testing.T) {
 	// 10 s of traffic, sampled every second: A 200 packets in 10 flows,
 	// B 100 packets in 100 flows, C nothing.
 	for range 10 {
-		clk.t += time.Second
+		clk.advance(time.Second)
 		m.talkers.maybeSample(m.elapsed())
 	}
 	send(vipA, 10, 20)
@@ -51,7 +51,7 @@ func TestTopTalkers(t *testing.T) {
 	}
 	// Ten more seconds without traffic: the window no longer holds it.
 	for range 11 {
-		clk.t += time.Second
+		clk.advance(time.Second)
 		m.talkers.maybeSample(m.elapsed())
 	}
 	for _, tk := range m.TopTalkers(-1) {
