@@ -63,6 +63,17 @@ type Config struct {
 	// credentials, interceptors).
 	ServerOptions []grpc.ServerOption
 
+	// Peers maps the replica ID of every replica (this one may be
+	// included) to its gRPC address. When set, a replica hands
+	// AllocatePorts for a shard it does not lead to the leader's replica,
+	// so that the shard's requests are queued and batched in one place
+	// (larger batches, cluster-wide per-DIP limits). Nil: every replica
+	// batches the requests it receives itself.
+	Peers map[uint64]string
+	// PeerDialOptions are the options for connections to Peers; nil means
+	// insecure transport credentials.
+	PeerDialOptions []grpc.DialOption
+
 	// MaxMessageBytes is the largest request the server accepts; larger
 	// ones fail with RESOURCE_EXHAUSTED. 0 means 4 MiB.
 	MaxMessageBytes int

@@ -56,6 +56,7 @@ type Manager struct {
 
 	snat     *scheduler
 	reporter *reporter
+	peers    peers
 	stats    counters
 	srv      *grpc.Server
 
@@ -144,6 +145,7 @@ func New(cfg Config) (*Manager, error) {
 		m.epochs[s] = &epoch{ctx: ctx, cancel: cancel}
 	}
 	m.snat = newScheduler(m)
+	m.peers.m = m
 	m.reporter = newReporter(m)
 	m.srv = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxMessageBytes),
@@ -386,6 +388,7 @@ func (m *Manager) Close() error {
 		m.cancel()
 		m.srv.Stop()
 		m.wg.Wait()
+		m.peers.close()
 		err = m.node.Close()
 	})
 	return err

@@ -15,6 +15,7 @@ type Stats struct {
 	SNATRateLimited uint64 // refused by the DIP's token bucket
 	SNATQueueFull   uint64 // refused because the VIP's queue was full
 	SNATAbandoned   uint64 // dropped from the queue: every caller gave up
+	SNATForwarded   uint64 // handed to the shard leader's replica (Config.Peers)
 	SNATBatches     uint64 // allocation proposals
 	SNATBatchItems  uint64 // requests in those proposals
 	SNATQueued      uint64 // requests waiting in the queues now
@@ -28,7 +29,7 @@ type Stats struct {
 
 type counters struct {
 	snatRequests, snatJoined, snatRateLimited, snatQueueFull atomic.Uint64
-	snatAbandoned                                            atomic.Uint64
+	snatAbandoned, snatForwarded                             atomic.Uint64
 	snatBatches, snatBatchItems                              atomic.Uint64
 	proposals, proposalRetries                               atomic.Uint64
 	watchStreams                                             atomic.Int64
@@ -43,6 +44,7 @@ func (m *Manager) Stats() Stats {
 		SNATRateLimited: c.snatRateLimited.Load(),
 		SNATQueueFull:   c.snatQueueFull.Load(),
 		SNATAbandoned:   c.snatAbandoned.Load(),
+		SNATForwarded:   c.snatForwarded.Load(),
 		SNATBatches:     c.snatBatches.Load(),
 		SNATBatchItems:  c.snatBatchItems.Load(),
 		Proposals:       c.proposals.Load(),
@@ -62,6 +64,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 var (
 	descSNATRequests = desc("snat_requests_total", "SNAT allocation requests, by outcome at the scheduler (queued, joined, rate_limited, queue_full).", "outcome")
 	descSNATAbandon  = desc("snat_abandoned_total", "SNAT allocation requests dropped from the queue because every caller gave up.")
+	descSNATForward  = desc("snat_forwarded_total", "SNAT allocation requests handed to the shard leader's replica.")
 	descSNATBatches  = desc("snat_batches_total", "SNAT allocation proposals.")
 	descSNATItems    = desc("snat_batch_items_total", "Requests in SNAT allocation proposals.")
 	descSNATQueued   = desc("snat_queued", "SNAT allocation requests waiting now.")
@@ -74,7 +77,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (m *Manager) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSNATRequests, descSNATAbandon, descSNATBatches, descSNATItems, descSNATQueued, descProposals, descRetries, descWatch, descVersion, descLeader} {
+	for _, d := range []*prometheus.Desc{descSNATRequests, descSNATAbandon, descSNATForward, descSNATBatches, descSNATItems, descSNATQueued, descProposals, descRetries, descWatch, descVersion, descLeader} {
 		ch <- d
 	}
 }
@@ -94,6 +97,7 @@ func (m *Manager) Collect(ch chan<- prometheus.Metric) {
 	counter(descSNATRequests, s.SNATRateLimited, "rate_limited")
 	counter(descSNATRequests, s.SNATQueueFull, "queue_full")
 	counter(descSNATAbandon, s.SNATAbandoned)
+	counter(descSNATForward, s.SNATForwarded)
 	counter(descSNATBatches, s.SNATBatches)
 	counter(descSNATItems, s.SNATBatchItems)
 	gauge(descSNATQueued, float64(s.SNATQueued))

@@ -25,7 +25,7 @@ import (
 type replica struct {
 	cfg  dragonboat.Config
 	m    *manager.Manager
-	addr string
+	addr string // gRPC, the same across restarts
 	done chan error
 }
 
@@ -36,6 +36,7 @@ type rcluster struct {
 	shards []uint64
 	reps   []*replica
 	mod    func(*manager.Config)
+	peers  map[uint64]string // gRPC addresses: Config.Peers
 }
 
 func freeAddrs(t testing.TB, n int) []string {
@@ -77,9 +78,11 @@ func newClusterIn(t testing.TB, dir string, n int, shards []uint64, lightweight 
 	for i, a := range raft {
 		members[uint64(i+1)] = a
 	}
-	c := &rcluster{t: t, shards: shards, mod: mod}
+	c := &rcluster{t: t, shards: shards, mod: mod, peers: make(map[uint64]string)}
+	grpcAddrs := freeAddrs(t, n)
 	for i := range n {
-		c.reps = append(c.reps, &replica{cfg: dragonboat.Config{
+		c.peers[uint64(i+1)] = grpcAddrs[i]
+		c.reps = append(c.reps, &replica{addr: grpcAddrs[i], cfg: dragonboat.Config{
 			ReplicaID:      uint64(i + 1),
 			Members:        members,
 			Shards:         shards,
@@ -101,12 +104,20 @@ func newClusterIn(t testing.TB, dir string, n int, shards []uint64, lightweight 
 func (c *rcluster) start(i int) {
 	c.t.Helper()
 	r := c.reps[i]
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	var lis net.Listener
+	var err error
+	for try := 0; ; try++ { // the port may linger briefly after a stop
+		if lis, err = net.Listen("tcp", r.addr); err == nil || try == 100 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	cfg := manager.Config{
 		Listener: lis,
+		Peers:    c.peers,
 		Consensus: func(f consensus.Factory) (consensus.Node, error) {
 			return dragonboat.New(r.cfg, f)
 		},
@@ -119,7 +130,7 @@ func (c *rcluster) start(i int) {
 	if err != nil {
 		c.t.Fatalf("replica %d: %v", i+1, err)
 	}
-	r.m, r.addr, r.done = m, lis.Addr().String(), make(chan error, 1)
+	r.m, r.done = m, make(chan error, 1)
 	go func() { r.done <- m.Run(context.Background()) }()
 }
 

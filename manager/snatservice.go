@@ -83,6 +83,9 @@ func (s *snatServer) AllocatePorts(ctx context.Context, req *api.AllocatePortsRe
 	ctx, cancel := m.withDeadline(ctx)
 	defer cancel()
 	shard := shardOf(vip, m.shards)
+	if resp, ok, err := m.forwardAllocate(ctx, shard, req); ok {
+		return resp, err
+	}
 	if err := m.checkSNATVIP(ctx, shard, vip); err != nil {
 		return nil, err
 	}
