@@ -354,6 +354,16 @@ func TestReplicatedSNATLeaderLoss(t *testing.T) {
 	})
 	close(stopWorkers)
 	wg.Wait()
+	// Followers handed their requests to the shard leaders (Config.Peers).
+	var forwarded uint64
+	for _, r := range c.reps {
+		if r.m != nil {
+			forwarded += r.m.Stats().SNATForwarded
+		}
+	}
+	if forwarded == 0 {
+		t.Fatal("no allocation was forwarded to a shard leader")
+	}
 	mu.Lock()
 	t.Logf("%d allocations acknowledged; resumed after leader loss: shard 1 %v, shard 2 %v; errors by code %v",
 		len(acked), resumed[1].Sub(killed).Round(time.Millisecond), resumed[2].Sub(killed).Round(time.Millisecond), errs)
