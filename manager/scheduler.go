@@ -161,6 +161,7 @@ func (s *scheduler) take(sh *snatShard) ([]*allocReq, bool) {
 	onlyIdle := sh.inflight-sh.extra >= limit
 	max := s.m.cfg.SNATBatchSize
 	var batch []*allocReq
+	// i counts the VIPs visited in onlyIdle mode: one pass over the ring.
 	for i, n := 0, len(sh.ring); len(batch) < max && len(sh.ring) > 0 && i < n; {
 		if sh.next >= len(sh.ring) {
 			sh.next = 0
@@ -178,7 +179,6 @@ func (s *scheduler) take(sh *snatShard) ([]*allocReq, bool) {
 		if len(q.reqs) == 0 {
 			delete(sh.queues, q.vip)
 			sh.ring = append(sh.ring[:sh.next], sh.ring[sh.next+1:]...)
-			n--
 		} else {
 			sh.next++
 		}
