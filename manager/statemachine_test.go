@@ -378,3 +378,7 @@ func TestLeaseExpiryAndHealthRelay(t *testing.T) {
 		t.Fatalf("health versions %d, %d, %d: want one change down and one up", r1.Version, r2.Version, r3.Version)
 	}
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
