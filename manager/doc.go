@@ -44,8 +44,10 @@
 // AllocatePorts without a hint sizes the range by the DIP's recent demand
 // (snat.Predictor). Leases expire unless renewed; the leader of each shard
 // reclaims expired leases. Requests wait in one queue per VIP, served
-// round-robin across VIPs in batches (one proposal per batch); a DIP has at
-// most one pending request (a second one joins it), a token bucket per DIP
+// round-robin across VIPs in batches (one proposal per batch); with
+// Config.Peers, replicas hand allocations to the shard leader's replica so
+// that a shard's requests share one set of queues. A DIP has at most one
+// pending request (a second one joins it), a token bucket per DIP
 // limits its request rate, and the state machine caps the ports a DIP
 // holds. While a configuration or health proposal of a shard is in
 // progress, SNAT batches of that shard are held to one in flight (priority
@@ -76,9 +78,11 @@
 //
 //   - The shard set is fixed for the life of a deployment (no
 //     resharding): the VIP-to-shard hash depends on the number of shards.
-//   - The per-DIP request rate is enforced per replica: a DIP that sends
-//     to several replicas gets that rate from each. The per-DIP port limit
-//     is replicated and exact.
+//   - The per-DIP and per-VIP request rates are enforced where requests
+//     are queued: at the shard leader's replica when Config.Peers is set
+//     (so cluster-wide while the leadership holds), otherwise on each
+//     replica, so that a DIP sending to several replicas gets the rate from
+//     each. The per-DIP port limit is replicated and exact.
 //   - An allocation request already proposed when its caller gives up
 //     still leases its range (it expires unless renewed); a request still
 //     queued is dropped.
