@@ -7,12 +7,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ananta-go/ananta/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -106,42 +106,8 @@ func (ns *NetNS) Do(fn func() error) error {
 }
 
 // DoInNetNS runs fn on a locked OS thread switched into the network
-// namespace bound at path. If the thread cannot be switched back, it is left
-// locked so that the Go runtime discards it when the goroutine exits.
-func DoInNetNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open current netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", path, err)
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// Stay locked: the thread dies with this goroutine.
-			errc <- fmt.Errorf("restore netns: %w (fn: %v)", err, ferr)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// namespace bound at path (see internal/netns.Do).
+func DoInNetNS(path string, fn func() error) error { return netns.Do(path, fn) }
 
 // Veth creates a veth pair with one end in a and the other in b, assigns
 // the given addresses (either may be invalid to leave an end unaddressed),
