@@ -48,21 +48,6 @@ type topo struct {
 	reports                       chan HealthReport
 }
 
-func ifMAC(t testing.TB, ns *testutil.NetNS, name string) net.HardwareAddr {
-	t.Helper()
-	var hw net.HardwareAddr
-	if err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(name)
-		if err == nil {
-			hw = ifi.HardwareAddr
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return hw
-}
-
 func newTopo(t *testing.T) *topo {
 	t.Helper()
 	testutil.RequirePrivileged(t)
@@ -104,8 +89,8 @@ func newTopo(t *testing.T) *topo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tp.muxh = startMuxHelper(t, tp.mux, muxIf, ifMAC(t, tp.router, rtM), tp.alloc)
-	up, err := OpenUplink(UplinkConfig{Interface: hostIf, NetNS: tp.host.Path(), NextHop: ifMAC(t, tp.router, rtH)})
+	tp.muxh = startMuxHelper(t, tp.mux, muxIf, tp.router.MAC(t, rtM), tp.alloc)
+	up, err := OpenUplink(UplinkConfig{Interface: hostIf, NetNS: tp.host.Path(), NextHop: tp.router.MAC(t, rtH)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,20 +83,7 @@ func BenchmarkAFPacket(b *testing.B) {
 	genIf, muxIn := testutil.Veth(b, gen, mns, netip.MustParsePrefix("198.18.1.1/24"), netip.MustParsePrefix("198.18.1.2/24"))
 	muxOut, sinkIf := testutil.Veth(b, mns, sink, netip.MustParsePrefix("198.18.2.1/24"), netip.MustParsePrefix("198.18.2.2/24"))
 	mns.Run(b, "ip", "route", "add", "blackhole", "198.19.0.0/24")
-	mac := func(ns *testutil.NetNS, ifname string) net.HardwareAddr {
-		var hw net.HardwareAddr
-		if err := ns.Do(func() error {
-			ifi, err := net.InterfaceByName(ifname)
-			if err == nil {
-				hw = ifi.HardwareAddr
-			}
-			return err
-		}); err != nil {
-			b.Fatal(err)
-		}
-		return hw
-	}
-	muxMAC, sinkMAC := mac(mns, muxIn), mac(sink, sinkIf)
+	muxMAC, sinkMAC := mns.MAC(b, muxIn), sink.MAC(b, sinkIf)
 	var in, out *packetio.AFPacket
 	if err := mns.Do(func() error {
 		var err error

@@ -85,20 +85,7 @@ func newE2ETopology(t *testing.T) *e2eTopology {
 	if err := tp.mux.Do(func() error { return packetio.DisableOffloads(tp.muxIn) }); err != nil {
 		t.Fatal(err)
 	}
-	mac := func(ns *testutil.NetNS, ifname string) net.HardwareAddr {
-		var hw net.HardwareAddr
-		if err := ns.Do(func() error {
-			ifi, err := net.InterfaceByName(ifname)
-			if err == nil {
-				hw = ifi.HardwareAddr
-			}
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return hw
-	}
-	tp.clientMAC, tp.hostMAC = mac(tp.client, clientIf), mac(tp.host, hostIf)
+	tp.clientMAC, tp.hostMAC = tp.client.MAC(t, clientIf), tp.host.MAC(t, hostIf)
 	return tp
 }
 

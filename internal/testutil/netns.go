@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -152,4 +153,21 @@ func WaitFor(tb testing.TB, timeout time.Duration, msg string, cond func() bool)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// MAC returns the hardware address of interface ifname in the namespace,
+// failing the test if it has none.
+func (ns *NetNS) MAC(tb testing.TB, ifname string) net.HardwareAddr {
+	tb.Helper()
+	var hw net.HardwareAddr
+	if err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err == nil {
+			hw = ifi.HardwareAddr
+		}
+		return err
+	}); err != nil {
+		tb.Fatalf("netns %s: interface %s: %v", ns.Name, ifname, err)
+	}
+	return hw
 }
