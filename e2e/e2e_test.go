@@ -168,7 +168,9 @@ func get(c *http.Client, url string, want int) (string, error) {
 }
 
 // TestOutboundSNAT: each VM opens 20 kernel TCP connections to a server in
-// the client's namespace and echoes 16 KiB on each. The server sees every
+// the client's namespace and echoes 16 KiB on each. The Manager preallocated
+// 8 ports per DIP, so the Host Agents lease more from the Manager's SNAT
+// API while the connections open. The server sees every
 // connection come from the VIP, on a port of a lease the Manager lists for
 // that VM's DIP and host; the answers come back through the Muxes (their
 // SNAT return maps, which they got from the Manager).
@@ -235,6 +237,9 @@ func TestOutboundSNAT(t *testing.T) {
 		st := after.host[i]
 		t.Logf("%s: %d connections seen by the server from %d distinct VIP ports; agent: %d port requests, %d ports granted, %d held packets released",
 			h.server.name, len(remotes), len(ports), st.SNATRequests-before.host[i].SNATRequests, st.SNATPortsGranted-before.host[i].SNATPortsGranted, st.HeldReleased-before.host[i].HeldReleased)
+		if st.SNATRequests == before.host[i].SNATRequests || st.SNATPortsGranted == before.host[i].SNATPortsGranted {
+			t.Errorf("%s opened %d connections with %d ports preallocated, but its Host Agent leased no ports from the Manager", h.server.name, conns, snatPortsPerDIP)
+		}
 		if len(remotes) != conns {
 			t.Errorf("the server recorded %d connections from %s, want %d", len(remotes), h.server.name, conns)
 		}

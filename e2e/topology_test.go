@@ -46,6 +46,8 @@ const (
 	backendPort = 8080
 	numMuxes    = 2
 	numHosts    = 2
+	// snatPortsPerDIP is the VIP's SNAT preallocation per DIP.
+	snatPortsPerDIP = 8
 )
 
 var quietLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -425,7 +427,9 @@ func (tp *topology) createVIP(t *testing.T) {
 	defer cancel()
 	if _, err := tp.vips.CreateVIP(ctx, &api.CreateVIPRequest{Config: &api.VIPConfig{
 		Vip: vip.String(), Tenant: "e2e", Endpoints: []*api.Endpoint{ep},
-		Snat: &api.SNATConfig{Enabled: true, Reserved: []*api.PortRange{{First: vipPort, Last: vipPort}}},
+		// 8 ports preallocated per DIP: a VM that opens more connections
+		// makes its Host Agent lease more from the Manager.
+		Snat: &api.SNATConfig{Enabled: true, PortsPerDip: snatPortsPerDIP, Reserved: []*api.PortRange{{First: vipPort, Last: vipPort}}},
 	}}); err != nil {
 		t.Fatalf("CreateVIP: %v", err)
 	}
