@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -283,4 +284,119 @@ func echoOut(h *hostNode, addr netip.AddrPort, payload []byte) error {
 		return fmt.Errorf("echo differs: %d bytes, want %d", len(got), len(msg))
 	}
 	return nil
+}
+
+// keepAlive is an HTTP/1.1 connection from the client to the VIP that
+// stays open across requests.
+type keepAlive struct {
+	c       net.Conn
+	r       *bufio.Reader
+	backend string // the backend that answered the first request
+}
+
+func dialKeepAlive(tp *topology) (*keepAlive, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := nsDialer(tp.client)(ctx, "tcp4", netip.AddrPortFrom(vip, vipPort).String())
+	if err != nil {
+		return nil, err
+	}
+	k := &keepAlive{c: c, r: bufio.NewReader(c)}
+	if k.backend, err = k.get(1000); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return k, nil
+}
+
+// get sends one request for size bytes on the connection and returns the
+// backend that answered.
+func (k *keepAlive) get(size int) (string, error) {
+	k.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(k.c, "GET /?size=%d HTTP/1.1\r\nHost: vip\r\n\r\n", size); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(k.r, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK || n != int64(size) {
+		return "", fmt.Errorf("status %d, %d bytes, want 200 and %d bytes", resp.StatusCode, n, size)
+	}
+	return resp.Header.Get("X-Backend"), nil
+}
+
+// TestDrainMux: 40 established keep-alive connections spread over both
+// Muxes; the router stops sending the VIP to mux1 (its next hop removed from
+// the ECMP route: a planned drain), then mux1 stops. Every established
+// connection goes on through mux2, which has none of them in its flow table
+// but picks the same backend by Maglev (both Muxes have the same
+// configuration from the Manager), and new connections succeed.
+func TestDrainMux(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	tp := newTopology(t)
+	const conns, fresh = 40, 50
+	var ks []*keepAlive
+	defer func() {
+		for _, k := range ks {
+			k.c.Close()
+		}
+	}()
+	for i := range conns {
+		k, err := dialKeepAlive(tp)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		ks = append(ks, k)
+	}
+	var onMux1 uint64
+	for i, m := range tp.muxes {
+		nf := m.mux.Stats().VIPs[vip].NewFlows
+		t.Logf("mux%d carries %d of the %d established connections", i+1, nf, conns)
+		if nf == 0 {
+			t.Fatalf("mux%d carries no connection: nothing to drain", i+1)
+		}
+		if i == 0 {
+			onMux1 = nf
+		}
+	}
+	mux2Flows := tp.muxes[1].mux.Stats().VIPs[vip].NewFlows
+	tp.router.Run(t, "ip", "route", "replace", vip.String()+"/32", "via", tp.muxes[1].addr.String())
+	mux1Fwd := tp.muxes[0].mux.Stats().Forwarded
+	tp.muxes[0].stop()
+
+	broken := 0
+	for i, k := range ks {
+		b, err := k.get(4096)
+		switch {
+		case err != nil:
+			broken++
+			t.Errorf("established connection %d broke after the drain: %v", i, err)
+		case b != k.backend:
+			t.Errorf("established connection %d answered by %s after the drain, by %s before", i, b, k.backend)
+		}
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: nsDialer(tp.client)}, Timeout: 15 * time.Second}
+	defer client.CloseIdleConnections()
+	failed := 0
+	for i := range fresh {
+		if _, err := get(client, fmt.Sprintf("http://%s/?size=1000", netip.AddrPortFrom(vip, vipPort)), 1000); err != nil {
+			failed++
+			t.Errorf("new connection %d after the drain: %v", i, err)
+		}
+	}
+	moved := tp.muxes[1].mux.Stats().VIPs[vip].NewFlows - mux2Flows
+	t.Logf("after the drain: %d of %d established connections broke, %d of %d new connections failed; mux2 took %d flows (%d were on mux1, %d new)",
+		broken, conns, failed, fresh, moved, onMux1, fresh)
+	if moved < onMux1+fresh {
+		t.Errorf("mux2 took %d flows, want at least the %d of mux1 and the %d new ones", moved, onMux1, fresh)
+	}
+	if got := tp.muxes[0].mux.Stats().Forwarded; got != mux1Fwd {
+		t.Errorf("mux1 forwarded %d packets after it stopped", got-mux1Fwd)
+	}
 }
