@@ -126,7 +126,7 @@ func newTopology(t *testing.T) *topology {
 		if err := tp.router.Do(func() error { return packetio.DisableOffloads(rt) }); err != nil {
 			t.Fatal(err)
 		}
-		routerMAC[ifc] = ifMAC(t, tp.router, rt)
+		routerMAC[ifc] = tp.router.MAC(t, rt)
 		return ifc, rt, addr
 	}
 	for i := range numMuxes {
@@ -162,21 +162,6 @@ func newTopology(t *testing.T) *topology {
 	}
 	tp.createVIP(t)
 	return tp
-}
-
-func ifMAC(t testing.TB, ns *testutil.NetNS, name string) net.HardwareAddr {
-	t.Helper()
-	var hw net.HardwareAddr
-	if err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(name)
-		if err == nil {
-			hw = ifi.HardwareAddr
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return hw
 }
 
 // freeAddrs returns n loopback addresses with ports free right now.
