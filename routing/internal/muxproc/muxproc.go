@@ -1,0 +1,271 @@
+// Package muxproc runs a BGP speaker (a Mux's routing/gobgp Speaker) or a
+// routing/router Router as a child process inside a test's network
+// namespace: the test binary re-executes itself under `ip netns exec`, so
+// every socket and route of the child belongs to that namespace, and killing
+// or stopping the child is a real failure. A test package's TestMain calls
+// Main first.
+//
+// The child reads commands from stdin, one per line, and answers each with
+// one line on stdout: "state ADDR" (the session state with that
+// neighbour), "withdraw PREFIX", "close" (graceful Close, answers "closed"
+// and exits). End of input makes it exit at once without withdrawing.
+package muxproc
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ananta-go/ananta/internal/testutil"
+	"github.com/ananta-go/ananta/routing"
+	"github.com/ananta-go/ananta/routing/gobgp"
+	"github.com/ananta-go/ananta/routing/router"
+)
+
+const (
+	envMode   = "ANANTA_ROUTING_MUXPROC"
+	envConfig = "ANANTA_ROUTING_MUXPROC_CONFIG"
+)
+
+type childConfig struct {
+	Speaker gobgp.Config
+	Routes  []routing.Route
+	Router  router.Config
+}
+
+// Main runs the child when the environment asks for it and exits; it
+// returns at once otherwise. Call it first in TestMain.
+func Main() {
+	mode := os.Getenv(envMode)
+	if mode == "" {
+		return
+	}
+	if err := child(mode); err != nil {
+		fmt.Fprintln(os.Stderr, "muxproc:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func child(mode string) error {
+	var cfg childConfig
+	if err := json.Unmarshal([]byte(os.Getenv(envConfig)), &cfg); err != nil {
+		return err
+	}
+	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx := context.Background()
+	var (
+		sp    *gobgp.Speaker
+		close func() error
+	)
+	switch mode {
+	case "speaker":
+		cfg.Speaker.Logger = lg
+		s, err := gobgp.New(cfg.Speaker)
+		if err != nil {
+			return err
+		}
+		for _, r := range cfg.Routes {
+			if err := s.Announce(ctx, r); err != nil {
+				return err
+			}
+		}
+		sp, close = s, s.Close
+	case "router":
+		cfg.Router.Logger = lg
+		r, err := router.New(cfg.Router)
+		if err != nil {
+			return err
+		}
+		sp, close = r.Speaker(), r.Close
+	default:
+		return fmt.Errorf("unknown mode %q", mode)
+	}
+	fmt.Println("ready")
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		cmd, arg, _ := strings.Cut(strings.TrimSpace(sc.Text()), " ")
+		switch cmd {
+		case "state":
+			a, err := netip.ParseAddr(arg)
+			if err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			peers, err := sp.PeerStates(ctx)
+			if err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			st := gobgp.StateUnknown
+			for _, p := range peers {
+				if p.Address == a {
+					st = p.State
+				}
+			}
+			fmt.Println(st)
+		case "withdraw":
+			p, err := netip.ParsePrefix(arg)
+			if err == nil {
+				err = sp.Withdraw(ctx, p)
+			}
+			if err != nil {
+				fmt.Println("error", err)
+				continue
+			}
+			fmt.Println("ok")
+		case "close":
+			if err := close(); err != nil {
+				fmt.Println("error", err)
+				return err
+			}
+			fmt.Println("closed")
+			return nil
+		default:
+			fmt.Println("error unknown command", cmd)
+		}
+	}
+	return nil // stdin closed: exit without withdrawing
+}
+
+// Proc is a running child.
+type Proc struct {
+	t      testing.TB
+	name   string
+	stdin  io.WriteCloser
+	lines  chan string
+	pid    int
+	exited chan struct{}
+	stderr *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// StartSpeaker starts a child Speaker in ns that announces routes, and
+// waits until it is ready.
+func StartSpeaker(t testing.TB, ns *testutil.NetNS, cfg gobgp.Config, routes []routing.Route) *Proc {
+	t.Helper()
+	return start(t, ns, "speaker", childConfig{Speaker: cfg, Routes: routes})
+}
+
+// StartRouter starts a child Router in ns and waits until it is ready.
+func StartRouter(t testing.TB, ns *testutil.NetNS, cfg router.Config) *Proc {
+	t.Helper()
+	return start(t, ns, "router", childConfig{Router: cfg})
+}
+
+func start(t testing.TB, ns *testutil.NetNS, mode string, cfg childConfig) *Proc {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := ns.Command(ctx, exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envMode+"="+mode, envConfig+"="+string(js))
+	p := &Proc{t: t, name: mode + "@" + ns.Name, lines: make(chan string, 16), exited: make(chan struct{}), stderr: &syncBuffer{}}
+	cmd.Stderr = p.stderr
+	p.stdin, err = cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	p.pid = cmd.Process.Pid
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		_ = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		_ = p.stdin.Close()
+		_ = syscall.Kill(p.pid, syscall.SIGCONT)
+		cancel() // SIGKILL
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s: child did not exit", p.name)
+		}
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", p.name, p.stderr.String())
+		}
+	})
+	if got := p.read(t, 20*time.Second); got != "ready" {
+		t.Fatalf("%s: start: %q; stderr:\n%s", p.name, got, p.stderr.String())
+	}
+	return p
+}
+
+func (p *Proc) read(t testing.TB, timeout time.Duration) string {
+	t.Helper()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			return "<exited>"
+		}
+		return l
+	case <-time.After(timeout):
+		t.Fatalf("%s: no answer within %s; stderr:\n%s", p.name, timeout, p.stderr.String())
+		return ""
+	}
+}
+
+// Send writes one command and returns the answer line (10 s deadline).
+func (p *Proc) Send(t testing.TB, cmd string) string {
+	t.Helper()
+	if _, err := io.WriteString(p.stdin, cmd+"\n"); err != nil {
+		t.Fatalf("%s: send %q: %v", p.name, cmd, err)
+	}
+	return p.read(t, 10*time.Second)
+}
+
+// Signal sends sig to the child (SIGSTOP freezes it without closing its
+// sockets: its peers see silence, as from a hung machine).
+func (p *Proc) Signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	if err := syscall.Kill(p.pid, sig); err != nil {
+		t.Fatalf("%s: kill %v: %v", p.name, sig, err)
+	}
+}
+
+// Exited is closed when the child has exited.
+func (p *Proc) Exited() <-chan struct{} { return p.exited }
