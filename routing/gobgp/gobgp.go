@@ -223,7 +223,8 @@ type Speaker struct {
 
 var _ routing.Announcer = (*Speaker)(nil)
 
-// New validates cfg, starts the GoBGP server, configures the peers and
+// New validates cfg, checks that TCP MD5 can work if a peer has a Password
+// (ErrMD5Unsupported, or ErrMD5MPTCP when the Speaker listens), starts the GoBGP server, configures the peers and
 // returns a running Speaker: sessions are attempted at once, and Announce
 // may be called right away. Run only blocks until the context ends and then
 // closes the Speaker; callers that manage the lifetime with Close need not
@@ -231,6 +232,19 @@ var _ routing.Announcer = (*Speaker)(nil)
 func New(cfg Config) (*Speaker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	for i, p := range cfg.Peers {
+		if p.Password != "" {
+			if err := MD5Supported(); err != nil {
+				return nil, fmt.Errorf("gobgp: Peers[%d].Password: %w", i, err)
+			}
+			if cfg.ListenPort > 0 {
+				if err := listenerMD5(); err != nil {
+					return nil, fmt.Errorf("gobgp: Peers[%d].Password: %w", i, err)
+				}
+			}
+			break
+		}
 	}
 	lg := cfg.Logger
 	if lg == nil {

@@ -191,7 +191,9 @@ func start(t testing.TB, ns *testutil.NetNS, mode string, cfg childConfig) *Proc
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := ns.Command(ctx, exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envMode+"="+mode, envConfig+"="+string(js))
+	// Plain TCP listeners: Go's default MPTCP listeners refuse TCP MD5
+	// keys (see gobgp.ErrMD5MPTCP).
+	cmd.Env = append(os.Environ(), envMode+"="+mode, envConfig+"="+string(js), "GODEBUG=multipathtcp=0")
 	p := &Proc{t: t, name: mode + "@" + ns.Name, lines: make(chan string, 16), exited: make(chan struct{}), stderr: &syncBuffer{}}
 	cmd.Stderr = p.stderr
 	p.stdin, err = cmd.StdinPipe()
