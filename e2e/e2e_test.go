@@ -332,28 +332,17 @@ func (k *keepAlive) get(size int) (string, error) {
 }
 
 // TestDrainMux: 40 established keep-alive connections spread over both
-// Muxes; the router stops sending the VIP to mux1 (its next hop removed from
-// the ECMP route: a planned drain), then mux1 stops. Every established
+// Muxes, which announce the VIP over BGP; mux1 withdraws the VIP (a planned
+// drain), the router removes its next hop from the ECMP route, then mux1
+// stops. Every established
 // connection goes on through mux2, which has none of them in its flow table
 // but picks the same backend by Maglev (both Muxes have the same
 // configuration from the Manager), and new connections succeed.
 func TestDrainMux(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	tp := newTopology(t)
+	tp := newTopologyRouting(t, true)
 	const conns, fresh = 40, 50
-	var ks []*keepAlive
-	defer func() {
-		for _, k := range ks {
-			k.c.Close()
-		}
-	}()
-	for i := range conns {
-		k, err := dialKeepAlive(tp)
-		if err != nil {
-			t.Fatalf("connection %d: %v", i, err)
-		}
-		ks = append(ks, k)
-	}
+	ks := openKeepAlives(t, tp, conns)
 	var onMux1 uint64
 	for i, m := range tp.muxes {
 		nf := m.mux.Stats().VIPs[vip].NewFlows
@@ -366,7 +355,12 @@ func TestDrainMux(t *testing.T) {
 		}
 	}
 	mux2Flows := tp.muxes[1].mux.Stats().VIPs[vip].NewFlows
-	tp.router.Run(t, "ip", "route", "replace", vip.String()+"/32", "via", tp.muxes[1].addr.String())
+	if got := tp.muxes[0].bgp.send(t, "withdraw "+vip.String()+"/32"); got != "ok" {
+		t.Fatalf("withdraw: %s", got)
+	}
+	start := time.Now()
+	testutil.WaitFor(t, 10*time.Second, "the router to drop the drained Mux", func() bool { return len(tp.nextHops(t)) == 1 })
+	t.Logf("the router removed mux1's next hop %s after the withdrawal", time.Since(start).Round(time.Millisecond))
 	mux1Fwd := tp.muxes[0].mux.Stats().Forwarded
 	tp.muxes[0].stop()
 
@@ -381,7 +375,7 @@ func TestDrainMux(t *testing.T) {
 			t.Errorf("established connection %d answered by %s after the drain, by %s before", i, b, k.backend)
 		}
 	}
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: nsDialer(tp.client)}, Timeout: 15 * time.Second}
+	client := newClient(tp)
 	defer client.CloseIdleConnections()
 	failed := 0
 	for i := range fresh {
@@ -399,4 +393,30 @@ func TestDrainMux(t *testing.T) {
 	if got := tp.muxes[0].mux.Stats().Forwarded; got != mux1Fwd {
 		t.Errorf("mux1 forwarded %d packets after it stopped", got-mux1Fwd)
 	}
+}
+
+// openKeepAlives opens n keep-alive connections to the VIP, closed when the
+// test ends.
+func openKeepAlives(t *testing.T, tp *topology, n int) []*keepAlive {
+	t.Helper()
+	var ks []*keepAlive
+	t.Cleanup(func() {
+		for _, k := range ks {
+			k.c.Close()
+		}
+	})
+	for i := range n {
+		k, err := dialKeepAlive(tp)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+// newClient returns an HTTP client in the client's namespace that opens a
+// new connection for every request.
+func newClient(tp *topology) *http.Client {
+	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: nsDialer(tp.client)}, Timeout: 15 * time.Second}
 }

@@ -62,6 +62,7 @@ type muxNode struct {
 	watch    *agent.Client
 	stopOnce sync.Once
 	stopFn   func()
+	bgp      *bgpProc // its BGP speaker, with routing
 }
 
 // stop ends the Mux's data path at once (no withdrawal of anything): its
@@ -99,7 +100,12 @@ type topology struct {
 // the router, and creates the VIP through the Manager's API. It returns once
 // every Mux and Host Agent has the VIP. Everything is torn down on
 // t.Cleanup.
-func newTopology(t *testing.T) *topology {
+func newTopology(t *testing.T) *topology { t.Helper(); return newTopologyRouting(t, false) }
+
+// newTopologyRouting is newTopology; with bgp, the Muxes announce the VIP
+// over BGP (routing/gobgp speakers) and the router installs the ECMP route
+// (routing/router) instead of the static route.
+func newTopologyRouting(t *testing.T, bgp bool) *topology {
 	t.Helper()
 	testutil.RequirePrivileged(t, "sysctl", "cat")
 	tp := &topology{client: testutil.NewNetNS(t), router: testutil.NewNetNS(t)}
@@ -151,7 +157,9 @@ func newTopology(t *testing.T) *topology {
 	for _, m := range tp.muxes {
 		hops = append(hops, "nexthop", "via", m.addr.String())
 	}
-	tp.router.Run(t, "ip", append([]string{"route", "add", vip.String() + "/32"}, hops...)...)
+	if !bgp {
+		tp.router.Run(t, "ip", append([]string{"route", "add", vip.String() + "/32"}, hops...)...)
+	}
 
 	tp.startManager(t)
 	for i, m := range tp.muxes {
@@ -161,6 +169,9 @@ func newTopology(t *testing.T) *topology {
 		tp.startHost(t, i, h, routerMAC[h.ifc], muxPrefixes)
 	}
 	tp.createVIP(t)
+	if bgp {
+		tp.startRouting(t)
+	}
 	return tp
 }
 
