@@ -269,23 +269,6 @@ func (tp *topology) startWatch(t *testing.T, id string, kind agent.Kind, addr ne
 	return c
 }
 
-// muxTarget adapts a mux.Mux to agent.Target: only the SNAT range type
-// differs.
-type muxTarget struct{ m *mux.Mux }
-
-func (t muxTarget) SetVIP(c ananta.VIPConfig) error { return t.m.SetVIP(c) }
-func (t muxTarget) DeleteVIP(v netip.Addr) error    { return t.m.DeleteVIP(v) }
-func (t muxTarget) SetBackendState(v, d netip.Addr, p uint16, s ananta.BackendState) error {
-	return t.m.SetBackendState(v, d, p, s)
-}
-func (t muxTarget) SetSNATRanges(v netip.Addr, rs []agent.SNATRange) error {
-	out := make([]mux.SNATRange, len(rs))
-	for i, r := range rs {
-		out[i] = mux.SNATRange{Range: r.Range, DIP: r.DIP, Host: r.Host}
-	}
-	return t.m.SetSNATRanges(v, out)
-}
-
 // startMux opens the Mux's AF_PACKET port in its namespace (reading and
 // sending on its one link to the router) and runs the Mux and its Watch
 // client.
@@ -324,19 +307,19 @@ func (tp *topology) startMux(t *testing.T, i int, n *muxNode, router net.Hardwar
 		port.Close()
 	}
 	t.Cleanup(n.stop)
-	n.watch = tp.startWatch(t, fmt.Sprint("mux-", i+1), agent.KindMux, n.addr, muxTarget{m})
+	n.watch = tp.startWatch(t, fmt.Sprint("mux-", i+1), agent.KindMux, n.addr, agent.MuxTarget(m))
 }
 
-// hostTarget adapts a hostagent.HostAgent to agent.Target and records the
-// VIPs it was given, so that the test can wait for them.
+// hostTarget is agent.HostAgentTarget that also records the VIPs it was
+// given, so that the test can wait for them.
 type hostTarget struct {
-	ha   *hostagent.HostAgent
+	agent.Target
 	mu   sync.Mutex
 	vips map[netip.Addr]bool
 }
 
 func (t *hostTarget) SetVIP(c ananta.VIPConfig) error {
-	if err := t.ha.SetVIP(c); err != nil {
+	if err := t.Target.SetVIP(c); err != nil {
 		return err
 	}
 	t.mu.Lock()
@@ -349,21 +332,7 @@ func (t *hostTarget) DeleteVIP(v netip.Addr) error {
 	t.mu.Lock()
 	delete(t.vips, v)
 	t.mu.Unlock()
-	return t.ha.DeleteVIP(v)
-}
-
-// SetBackendState: the Host Agent probes its own DIPs; states relayed by
-// the Manager come from it.
-func (t *hostTarget) SetBackendState(netip.Addr, netip.Addr, uint16, ananta.BackendState) error {
-	return nil
-}
-
-func (t *hostTarget) SetSNATRanges(v netip.Addr, rs []agent.SNATRange) error {
-	ls := make([]hostagent.SNATLease, len(rs))
-	for i, r := range rs {
-		ls[i] = hostagent.SNATLease{Range: r.Range, DIP: r.DIP, Host: r.Host}
-	}
-	return t.ha.SetVIPSNATRanges(v, ls)
+	return t.Target.DeleteVIP(v)
 }
 
 func (t *hostTarget) has(v netip.Addr) bool {
@@ -407,7 +376,7 @@ func (tp *topology) startHost(t *testing.T, i int, n *hostNode, router net.Hardw
 		}
 	})
 	n.server = startBackend(t, n.vm, netip.AddrPortFrom(n.dip, backendPort), fmt.Sprint("vm", i+1))
-	n.target = &hostTarget{ha: a, vips: make(map[netip.Addr]bool)}
+	n.target = &hostTarget{Target: agent.HostAgentTarget(a), vips: make(map[netip.Addr]bool)}
 	n.watch = tp.startWatch(t, fmt.Sprint("host-", i+1), agent.KindHostAgent, n.addr, n.target)
 }
 

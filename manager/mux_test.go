@@ -12,22 +12,6 @@ import (
 	"github.com/ananta-go/ananta/mux"
 )
 
-// muxTarget adapts a mux.Mux to agent.Target.
-type muxTarget struct{ m *mux.Mux }
-
-func (t muxTarget) SetVIP(c ananta.VIPConfig) error { return t.m.SetVIP(c) }
-func (t muxTarget) DeleteVIP(v netip.Addr) error    { return t.m.DeleteVIP(v) }
-func (t muxTarget) SetBackendState(v, d netip.Addr, p uint16, s ananta.BackendState) error {
-	return t.m.SetBackendState(v, d, p, s)
-}
-func (t muxTarget) SetSNATRanges(v netip.Addr, rs []agent.SNATRange) error {
-	out := make([]mux.SNATRange, len(rs))
-	for i, r := range rs {
-		out[i] = mux.SNATRange{Range: r.Range, DIP: r.DIP, Host: r.Host}
-	}
-	return t.m.SetSNATRanges(v, out)
-}
-
 // TestRealMux: a real mux.Mux follows the Manager through an agent
 // Client: VIP configuration, SNAT ranges (the Mux accepts them only for a
 // configured VIP), backend health, deletion.
@@ -40,7 +24,7 @@ func TestRealMux(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	c := startAgent(t, "mux-real", agent.KindMux, muxTarget{m}, tm.addr)
+	c := startAgent(t, "mux-real", agent.KindMux, agent.MuxTarget(m), tm.addr)
 	const vip = "198.19.0.70"
 	if _, err := tm.vips.CreateVIP(ctx, &api.CreateVIPRequest{Config: vipConfig(vip, true, 3)}); err != nil {
 		t.Fatal(err)
