@@ -11,6 +11,7 @@ import (
 	"github.com/ananta-go/ananta/encap"
 	"github.com/ananta-go/ananta/hashring"
 	"github.com/ananta-go/ananta/packetio"
+	"github.com/ananta-go/ananta/routing"
 )
 
 // Headroom is the number of bytes Process needs in front of a packet for
@@ -148,6 +149,25 @@ type Config struct {
 	// 9216.
 	MaxPacket int
 
+	// Announcer, if set, announces the Mux's VIPs to the routers (see
+	// the package documentation, "Lifecycle"): the /32 or /128 of every
+	// configured VIP while Run's workers are up, SetSynced(true) has been
+	// called and the self-check passes. The Mux owns it: Close calls its
+	// Close, which withdraws everything. nil: the Mux announces nothing
+	// (an external speaker or a static route brings traffic).
+	Announcer routing.Announcer
+	// NextHop4 and NextHop6 are the Mux's addresses the routers send VIP
+	// traffic to, the announcements' next hops; default Addr4 and Addr6.
+	// A VIP of a family without a next hop is not announced.
+	NextHop4, NextHop6 netip.Addr
+	// Communities and MED are attached to every announcement.
+	Communities []uint32
+	MED         uint32
+	// SelfCheckInterval is how often Run checks its data path
+	// (SelfCheck) and reconciles the announcements; default
+	// DefaultSelfCheckInterval (1 s), at least MinSelfCheckInterval.
+	SelfCheckInterval time.Duration
+
 	// Logger receives configuration changes and worker errors, never a
 	// line per packet. nil discards.
 	Logger *slog.Logger
@@ -196,6 +216,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxPacket == 0 {
 		c.MaxPacket = DefaultMaxPacket
+	}
+	if !c.NextHop4.IsValid() {
+		c.NextHop4 = c.Addr4
+	}
+	if !c.NextHop6.IsValid() {
+		c.NextHop6 = c.Addr6
+	}
+	if c.SelfCheckInterval == 0 {
+		c.SelfCheckInterval = DefaultSelfCheckInterval
 	}
 }
 
@@ -282,6 +311,25 @@ func (c Config) Validate() error {
 	}
 	if c.MaxPacket < 1280 || c.MaxPacket > 65535 {
 		return invalid("MaxPacket", "must be between 1280 and 65535, got %d", c.MaxPacket)
+	}
+	if a := c.NextHop4; a.IsValid() {
+		if err := ananta.ValidateUnicastAddr("NextHop4", a); err != nil {
+			return err
+		}
+		if !a.Is4() {
+			return invalid("NextHop4", "must be an IPv4 address, got %s", a)
+		}
+	}
+	if a := c.NextHop6; a.IsValid() {
+		if err := ananta.ValidateUnicastAddr("NextHop6", a); err != nil {
+			return err
+		}
+		if !a.Is6() || a.Is4In6() {
+			return invalid("NextHop6", "must be an IPv6 address, got %s", a)
+		}
+	}
+	if c.SelfCheckInterval < MinSelfCheckInterval || c.SelfCheckInterval > time.Hour {
+		return invalid("SelfCheckInterval", "must be between %s and 1h, got %s", MinSelfCheckInterval, c.SelfCheckInterval)
 	}
 	return nil
 }

@@ -167,6 +167,9 @@ func (m *Mux) SetVIP(cfg ananta.VIPConfig) error {
 		m.talkers.add(cfg.VIP, vc.ctr, m.elapsed())
 	}
 	m.publish()
+	if created {
+		m.lc.poke()
+	}
 	m.log.Info("mux: VIP set", "vip", cfg.VIP, "tenant", cfg.Tenant, "endpoints", len(cfg.Endpoints), "created", created)
 	return nil
 }
@@ -196,6 +199,7 @@ func (m *Mux) DeleteVIP(vip netip.Addr) error {
 	m.retired.bytes += b
 	m.retired.newFlows += n
 	m.publish()
+	m.lc.poke()
 	m.log.Info("mux: VIP deleted", "vip", vip)
 	return nil
 }

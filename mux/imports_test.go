@@ -10,11 +10,12 @@ import (
 )
 
 // TestImports keeps the data path off the control plane: mux imports only
-// the root package, hashring, encap and packetio of this module (its tests
+// the root package, hashring, encap, packetio and routing (the Announcer
+// interface) of this module (its tests
 // also internal/testutil), never manager or anything else.
 func TestImports(t *testing.T) {
 	const module = "github.com/ananta-go/ananta"
-	allowed := map[string]bool{module: true, module + "/hashring": true, module + "/encap": true, module + "/packetio": true}
+	allowed := map[string]bool{module: true, module + "/hashring": true, module + "/encap": true, module + "/packetio": true, module + "/routing": true}
 	files, err := filepath.Glob("*.go")
 	if err != nil {
 		t.Fatal(err)

@@ -64,6 +64,8 @@ type Mux struct {
 	closeOnce sync.Once
 	portsOnce sync.Once
 	hkDone    chan struct{} // closed when the housekeeper exits
+
+	lc lifecycle
 }
 
 type dropStripe struct {
@@ -82,6 +84,7 @@ func New(cfg Config) (*Mux, error) {
 	}
 	cfg.setDefaults()
 	cfg.Links = append([]Link(nil), cfg.Links...)
+	cfg.Communities = append([]uint32(nil), cfg.Communities...)
 	m := &Mux{
 		cfg:         cfg,
 		log:         cfg.Logger,
@@ -103,6 +106,7 @@ func New(cfg Config) (*Mux, error) {
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
+	m.lc.init()
 	m.limiter.init(cfg.TooBigRate, cfg.TooBigBurst)
 	m.talkers.init(cfg.TalkerWindow)
 	m.snap.Store(&snapshot{vips: newVIPIndex(nil)})
@@ -111,12 +115,23 @@ func New(cfg Config) (*Mux, error) {
 	return m, nil
 }
 
-// Close stops Run, closes the ports of Config.Links and stops the
-// housekeeping goroutine. Configuration methods and Run then return
+// Close withdraws every announced VIP by closing Config.Announcer, then
+// stops Run, closes the ports of Config.Links and stops the housekeeping
+// goroutine. Configuration methods and Run then return
 // ErrClosed; Process keeps working on the last configuration. Close is
 // idempotent and always returns nil.
 func (m *Mux) Close() error {
 	m.closeOnce.Do(func() {
+		m.lc.closed.Store(true)
+		if a := m.cfg.Announcer; a != nil {
+			m.lc.annMu.Lock()
+			if err := a.Close(); err != nil {
+				m.lc.announceErrors.Add(1)
+				m.log.Warn("mux: announcer close", "error", err)
+			}
+			clear(m.lc.announced)
+			m.lc.annMu.Unlock()
+		}
 		m.mu.Lock()
 		m.closed = true
 		m.mu.Unlock()
@@ -203,6 +218,11 @@ func (m *Mux) housekeep() {
 // for good (a port closed by someone else included), ErrRunning if Run is
 // already running and ErrClosed after Close. Without links, Run just
 // waits.
+//
+// While its workers are up, Run also runs the lifecycle loop: the
+// self-check every Config.SelfCheckInterval and the announcements through
+// Config.Announcer (see SetSynced). Before it stops the workers, and when
+// a worker fails, it withdraws every VIP.
 func (m *Mux) Run(ctx context.Context) error {
 	select {
 	case <-m.done:
@@ -226,6 +246,13 @@ func (m *Mux) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	m.lc.workers.Store(true)
+	lctx, lcancel := context.WithCancel(context.Background())
+	lcDone := make(chan struct{})
+	go func() {
+		defer close(lcDone)
+		m.lifecycleLoop(lctx)
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -235,6 +262,14 @@ func (m *Mux) Run(ctx context.Context) error {
 			err = nil // Close raced with the worker's read
 		}
 	}
+	// Withdraw before the workers stop forwarding.
+	m.lc.workers.Store(false)
+	m.lc.checkOK.Store(false)
+	lcancel()
+	<-lcDone
+	wctx, wcancel := context.WithTimeout(context.Background(), announceTimeout)
+	_ = m.reconcile(wctx)
+	wcancel()
 	stopping.Store(true)
 	m.closePorts()
 	wg.Wait()

@@ -19,6 +19,10 @@ type Stats struct {
 	Drops [NumDropReasons]uint64
 	// RxErrors and TxErrors count packet I/O errors of Run's workers.
 	RxErrors, TxErrors uint64
+	// SelfCheckFailures counts the failed self-checks (SelfCheck run by
+	// the lifecycle loop); AnnounceErrors counts the failed Announcer
+	// calls.
+	SelfCheckFailures, AnnounceErrors uint64
 	// Flows are the flow table's counters.
 	Flows FlowStats
 	// VIPs holds each configured VIP's counters.
@@ -67,8 +71,11 @@ func (m *Mux) Stats() Stats {
 		Replies:  m.replies.Load(),
 		RxErrors: m.rxErrors.Load(),
 		TxErrors: m.txErrors.Load(),
-		Flows:    m.ft.stats(),
-		VIPs:     make(map[netip.Addr]VIPStats),
+
+		SelfCheckFailures: m.lc.checkFailures.Load(),
+		AnnounceErrors:    m.lc.announceErrors.Load(),
+		Flows:             m.ft.stats(),
+		VIPs:              make(map[netip.Addr]VIPStats),
 	}
 	for i := range m.drops {
 		for r := range st.Drops {
