@@ -26,7 +26,8 @@ import (
 // The test binary re-executes itself under `ip netns exec` (as
 // routing/internal/muxproc does for the routing tests; that package is not
 // importable from here). A child reads commands on stdin: "withdraw
-// PREFIX" answers "ok"; end of input makes it exit without withdrawing.
+// PREFIX" and "announce ROUTE-JSON" answer "ok" or "error ..."; end of
+// input makes it exit without withdrawing.
 const (
 	envChild       = "ANANTA_E2E_BGP_CHILD"
 	envChildConfig = "ANANTA_E2E_BGP_CONFIG"
@@ -85,13 +86,21 @@ func runChild(mode string) error {
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		cmd, arg, _ := strings.Cut(strings.TrimSpace(sc.Text()), " ")
-		if cmd != "withdraw" {
+		var err error
+		switch cmd {
+		case "withdraw":
+			var p netip.Prefix
+			if p, err = netip.ParsePrefix(arg); err == nil {
+				err = sp.Withdraw(ctx, p)
+			}
+		case "announce":
+			var r routing.Route
+			if err = json.Unmarshal([]byte(arg), &r); err == nil {
+				err = sp.Announce(ctx, r)
+			}
+		default:
 			fmt.Println("error unknown command", cmd)
 			continue
-		}
-		p, err := netip.ParsePrefix(arg)
-		if err == nil {
-			err = sp.Withdraw(ctx, p)
 		}
 		if err != nil {
 			fmt.Println("error", err)
@@ -221,6 +230,7 @@ func (tp *topology) startRouting(t *testing.T) {
 				Peers: []gobgp.PeerConfig{{Address: netip.AddrFrom4(gw), ASN: routerASN}}},
 			Routes: []routing.Route{{Prefix: netip.PrefixFrom(vip, 32), NextHop: m.addr}},
 		})
+		m.ann.set(m.bgp)
 	}
 	testutil.WaitFor(t, 20*time.Second, "the router to install the VIP over every Mux", func() bool {
 		return len(tp.nextHops(t)) == len(tp.muxes)
@@ -319,3 +329,57 @@ func (p *bgpProc) signal(t *testing.T, sig syscall.Signal) {
 		t.Fatalf("%s: kill %v: %v", p.name, sig, err)
 	}
 }
+
+// procAnnouncer is the routing.Announcer a Mux of the test process uses to
+// announce through its namespace's speaker child. The child is set once
+// routing has started; before, and for Close (the child belongs to the
+// test), it does nothing.
+type procAnnouncer struct {
+	mu sync.Mutex // serialises commands; guards p
+	p  *bgpProc
+}
+
+var _ routing.Announcer = (*procAnnouncer)(nil)
+
+func (a *procAnnouncer) set(p *bgpProc) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.p = p
+}
+
+func (a *procAnnouncer) command(ctx context.Context, line string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.p == nil {
+		return nil
+	}
+	if _, err := io.WriteString(a.p.stdin, line+"\n"); err != nil {
+		return err
+	}
+	select {
+	case l, ok := <-a.p.lines:
+		if !ok {
+			return fmt.Errorf("%s exited", a.p.name)
+		}
+		if l != "ok" {
+			return fmt.Errorf("%s: %s", a.p.name, l)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (a *procAnnouncer) Announce(ctx context.Context, r routing.Route) error {
+	js, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return a.command(ctx, "announce "+string(js))
+}
+
+func (a *procAnnouncer) Withdraw(ctx context.Context, p netip.Prefix) error {
+	return a.command(ctx, "withdraw "+p.String())
+}
+
+func (a *procAnnouncer) Close() error { return nil }

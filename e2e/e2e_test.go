@@ -332,9 +332,10 @@ func (k *keepAlive) get(size int) (string, error) {
 }
 
 // TestDrainMux: 40 established keep-alive connections spread over both
-// Muxes, which announce the VIP over BGP; mux1 withdraws the VIP (a planned
-// drain), the router removes its next hop from the ECMP route, then mux1
-// stops. Every established
+// Muxes, which announce the VIP over BGP; mux1 drains (Mux.Drain: it
+// withdraws the VIP, the router removes its next hop from the ECMP route,
+// and Drain returns once no packet has reached mux1 for the settle time),
+// then mux1 stops. Every established
 // connection goes on through mux2, which has none of them in its flow table
 // but picks the same backend by Maglev (both Muxes have the same
 // configuration from the Manager), and new connections succeed.
@@ -355,12 +356,24 @@ func TestDrainMux(t *testing.T) {
 		}
 	}
 	mux2Flows := tp.muxes[1].mux.Stats().VIPs[vip].NewFlows
-	if got := tp.muxes[0].bgp.send(t, "withdraw "+vip.String()+"/32"); got != "ok" {
-		t.Fatalf("withdraw: %s", got)
-	}
+	// mux1 takes over its announcement (the speaker announced the VIP at
+	// start; announcing the same route again changes nothing).
+	m1 := tp.muxes[0].mux
+	m1.SetSynced(true)
+	testutil.WaitFor(t, 10*time.Second, "mux1 to announce the VIP", func() bool { return len(m1.Announced()) == 1 })
 	start := time.Now()
+	const settle = 500 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := m1.Drain(ctx, settle); err != nil {
+		t.Fatalf("Drain: %v", err)
+	}
+	drained := time.Since(start)
 	testutil.WaitFor(t, 10*time.Second, "the router to drop the drained Mux", func() bool { return len(tp.nextHops(t)) == 1 })
-	t.Logf("the router removed mux1's next hop %s after the withdrawal", time.Since(start).Round(time.Millisecond))
+	if len(m1.Announced()) != 0 {
+		t.Fatalf("mux1 still announces %v after Drain", m1.Announced())
+	}
+	t.Logf("mux1's Drain (settle %s) returned after %s", settle, drained.Round(time.Millisecond))
 	mux1Fwd := tp.muxes[0].mux.Stats().Forwarded
 	tp.muxes[0].stop()
 

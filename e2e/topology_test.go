@@ -63,6 +63,9 @@ type muxNode struct {
 	stopOnce sync.Once
 	stopFn   func()
 	bgp      *bgpProc // its BGP speaker, with routing
+	// ann is the Mux's Config.Announcer, through bgp once routing has
+	// started; the Mux announces only after SetSynced(true).
+	ann procAnnouncer
 }
 
 // stop ends the Mux's data path at once (no withdrawal of anything): its
@@ -284,6 +287,7 @@ func (tp *topology) startMux(t *testing.T, i int, n *muxNode, router net.Hardwar
 	m, err := mux.New(mux.Config{
 		Addr4: n.addr, Links: []mux.Link{{In: port}}, MTU: 9000,
 		FlowTableBytes: 4 << 20, Logger: quietLogger,
+		Announcer: &n.ann,
 	})
 	if err != nil {
 		port.Close()

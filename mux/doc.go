@@ -200,4 +200,32 @@
 // [Mux.TopTalkers] ranks VIPs by packet rate over a sliding window
 // (Config.TalkerWindow) from samples taken off the packet path, for the
 // control plane's packet-rate fairness.
+//
+// # Lifecycle
+//
+// With Config.Announcer set, the Mux announces the host prefix (/32 or
+// /128) of every configured VIP, with Config.NextHop4 or NextHop6 as next
+// hop, only while all of these hold: Run's workers are up; the owner of the
+// configuration has called SetSynced(true), declaring that it has caught
+// up with the Manager (with the agent Watch client, call it from
+// agent.Config.OnApplied once every shard's snapshot has been applied);
+// and the self-check passes. VIPs set or deleted meanwhile are announced or
+// withdrawn. The lifecycle loop, which Run starts, runs SelfCheck every
+// Config.SelfCheckInterval (1 s) and at every change: the workers must be
+// up and a synthetic TCP SYN (or UDP datagram) per endpoint, from
+// ProbeSource4 or ProbeSource6 (documentation addresses), must go through
+// the data path's parse, hash, VIP and endpoint lookup, Maglev pick and
+// encapsulation on the published configuration; the probe skips the flow
+// table and the counters, so it disturbs no flow and no statistic. An
+// endpoint without a usable backend passes. A failed check withdraws
+// every VIP and is counted (Stats.SelfCheckFailures); the next passing
+// check announces them again.
+//
+// Everything is withdrawn when Run stops (before its workers stop
+// forwarding), when a worker fails, by SetSynced(false), by Drain and by
+// Close (which closes the Announcer). Drain is the planned way out:
+// it withdraws, keeps forwarding while the routers move the traffic
+// away, and returns once no packet has reached the VIPs for a settle time;
+// Close then stops forwarding. Announcer errors are counted
+// (Stats.AnnounceErrors) and retried at the next round.
 package mux
