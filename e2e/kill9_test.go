@@ -103,8 +103,8 @@ func newKill9Topology(t *testing.T) (*topology, *muxProc) {
 
 // TestKill9Mux: with BGP, 40 idle established connections spread over both
 // Muxes and a stream of new connections; mux1 is a separate process (its
-// data path on AF_PACKET, its Watch client, its GoBGP speaker) and gets
-// SIGKILL, as when its host dies. The kernel closes the dead speaker's TCP
+// data path on AF_PACKET, its Watch client, its GoBGP speaker as the Mux's
+// Announcer) and its process group gets SIGKILL, as when its host dies. The kernel closes the dead speaker's TCP
 // session, so the router drops mux1's next hop well before the hold time
 // (3 s); every new connection started after that succeeds; the established
 // connections are counted as they resume through mux2 (same Maglev tables
