@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ananta-go/ananta"
 	"github.com/ananta-go/ananta/encap"
 	"github.com/ananta-go/ananta/internal/testutil"
@@ -185,12 +187,21 @@ func TestLifecycleSelfCheckFailure(t *testing.T) {
 	if n := m.Stats().SelfCheckFailures; n == 0 {
 		t.Error("SelfCheckFailures = 0")
 	}
+	if v := gatherOne(t, m, "ananta_mux_self_check_failures_total"); v == 0 {
+		t.Error("ananta_mux_self_check_failures_total = 0")
+	}
+	if v := gatherOne(t, m, "ananta_mux_announced_vips"); v != 0 {
+		t.Errorf("ananta_mux_announced_vips = %v while the check fails", v)
+	}
 
 	// Repair: announced again.
 	m.snap.Store(saved)
 	waitRoutes(t, mem, host(vip4), host(vip6))
 	if r := process(m, tcp4(client, 1000, vip4, 80, encap.TCPFlagSYN)); r.v.Action != ActionForward {
 		t.Fatalf("repaired data path: verdict %v", r.v)
+	}
+	if v := gatherOne(t, m, "ananta_mux_announced_vips"); v != 2 {
+		t.Errorf("ananta_mux_announced_vips = %v, want 2", v)
 	}
 
 	// Every backend of vip4 down: packets are dropped (no backend), but
@@ -214,6 +225,27 @@ func TestLifecycleSelfCheckFailure(t *testing.T) {
 	if rs := mem.Routes(); len(rs) != 2 {
 		t.Errorf("routes %v, want both VIPs", rs)
 	}
+}
+
+// gatherOne returns the value of the unlabelled metric name of m's
+// collector.
+func gatherOne(t *testing.T, m *Mux, name string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(m); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return value(mf.GetMetric()[0])
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
 
 // TestSelfCheckProbes: the probes reach TCP, UDP, all-ports and IPv6

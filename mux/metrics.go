@@ -35,13 +35,19 @@ var (
 		"Flows pinned to the backend.", []string{"vip", "endpoint", "dip"}, nil)
 	descBackendState = prometheus.NewDesc("ananta_mux_backend_state",
 		"Effective backend state: 0 active, 1 draining, 2 down.", []string{"vip", "endpoint", "dip"}, nil)
+	descSelfCheckFailures = prometheus.NewDesc("ananta_mux_self_check_failures_total",
+		"Failed self-checks of the data path (each withdraws every VIP).", nil, nil)
+	descAnnounceErrors = prometheus.NewDesc("ananta_mux_announce_errors_total",
+		"Failed Announcer calls (announce or withdraw).", nil, nil)
+	descAnnounced = prometheus.NewDesc("ananta_mux_announced_vips",
+		"VIP prefixes currently announced through the Announcer.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (m *Mux) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVIPPackets, descVIPBytes, descVIPNewFlows, descForwarded,
 		descReplies, descDrops, descIOErrors, descFlowEntries, descFlowQuota, descFlowCapacity,
-		descFlowEvents, descBackendNewFlows, descBackendState} {
+		descFlowEvents, descBackendNewFlows, descBackendState, descSelfCheckFailures, descAnnounceErrors, descAnnounced} {
 		ch <- d
 	}
 }
@@ -70,6 +76,9 @@ func (m *Mux) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descIOErrors, st.RxErrors, "rx")
 	counter(descIOErrors, st.TxErrors, "tx")
+	counter(descSelfCheckFailures, st.SelfCheckFailures)
+	counter(descAnnounceErrors, st.AnnounceErrors)
+	gauge(descAnnounced, len(m.Announced()))
 	f := st.Flows
 	gauge(descFlowEntries, f.Trusted, "trusted")
 	gauge(descFlowEntries, f.Untrusted, "untrusted")
