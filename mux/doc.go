@@ -213,7 +213,7 @@
 // withdrawn. The lifecycle loop, which Run starts, runs SelfCheck every
 // Config.SelfCheckInterval (1 s) and at every change: the workers must be
 // up and a synthetic TCP SYN (or UDP datagram) per endpoint, from
-// ProbeSource4 or ProbeSource6 (documentation addresses), must go through
+// 192.0.2.1 or 2001:db8::1 (documentation addresses), must go through
 // the data path's parse, hash, VIP and endpoint lookup, Maglev pick and
 // encapsulation on the published configuration; the probe skips the flow
 // table and the counters, so it disturbs no flow and no statistic. An

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,8 +28,8 @@ const (
 // Self-check probe sources: documentation addresses (RFC 5737 TEST-NET-1
 // and RFC 3849), which no real client uses, and a fixed source port.
 var (
-	ProbeSource4 = netip.MustParseAddr("192.0.2.1")
-	ProbeSource6 = netip.MustParseAddr("2001:db8::1")
+	probeSource4 = netip.MustParseAddr("192.0.2.1")
+	probeSource6 = netip.MustParseAddr("2001:db8::1")
 )
 
 const (
@@ -98,16 +99,8 @@ func (m *Mux) Announced() []netip.Prefix {
 	for p := range m.lc.announced {
 		out = append(out, p)
 	}
-	sortPrefixes(out)
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
-}
-
-func sortPrefixes(ps []netip.Prefix) {
-	for i := 1; i < len(ps); i++ {
-		for j := i; j > 0 && ps[j].Addr().Less(ps[j-1].Addr()); j-- {
-			ps[j], ps[j-1] = ps[j-1], ps[j]
-		}
-	}
 }
 
 // route returns the announcement of vip, false if the Mux has no next hop
@@ -239,8 +232,8 @@ type probeSpec struct {
 // SelfCheck checks the data path: Run's workers must be up, and a
 // synthetic packet to every endpoint of every configured VIP must be
 // forwarded. The probe is a TCP SYN (a UDP datagram for a UDP endpoint;
-// destination port 9 for an endpoint of every port) from ProbeSource4 or
-// ProbeSource6, port 65535, which goes through the data path's own steps
+// destination port 9 for an endpoint of every port) from 192.0.2.1 or
+// 2001:db8::1 (documentation addresses), port 65535, which goes through the data path's own steps
 // on the published configuration: parsing, the flow hash, the VIP index,
 // the endpoint lookup, the Maglev pick and the encapsulation, whose
 // output is checked by decapsulating it. It skips the flow table, the SNAT
@@ -338,10 +331,10 @@ func buildProbe(b []byte, s probeSpec) []byte {
 	if proto == ananta.ProtocolUDP {
 		l4len = 8
 	}
-	src := ProbeSource6
+	src := probeSource6
 	hl := 40
 	if s.vip.Is4() {
-		src, hl = ProbeSource4, 20
+		src, hl = probeSource4, 20
 	}
 	b = b[:hl+l4len]
 	clear(b)
