@@ -1,6 +1,7 @@
 package anantatest_test
 
 import (
+	"fmt"
 	"math"
 	"net/netip"
 	"testing"
@@ -231,5 +232,77 @@ func TestReplyAndDelete(t *testing.T) {
 		Protocol: ananta.ProtocolTCP, Port: 80, Backends: []ananta.Backend{{DIP: dip1, Port: 8080, Host: anantatest.HostAddr(0), Weight: 0}},
 	}}}); err == nil {
 		t.Errorf("SetVIP accepted a backend of weight 0")
+	}
+}
+
+// TestSNAT: with SNAT on, the Manager's preallocated ports reach the Host
+// Agents and the Muxes: a VM's connection leaves from VIP:leased port, and
+// the answer, sent by the server to that port, comes back through a Mux to
+// the VM's own address and port.
+func TestSNAT(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	d := anantatest.NewDeployment(t, anantatest.Options{Muxes: 2, Hosts: []anantatest.Host{{DIPs: []netip.Addr{dip1}}, {DIPs: []netip.Addr{dip2}}}})
+	cfg := webVIP(d, 1, 1, ananta.BackendActive, nil)
+	cfg.SNAT = ananta.SNATConfig{Enabled: true, PortsPerDIP: 64}
+	if err := d.SetVIP(cfg); err != nil {
+		t.Fatal(err)
+	}
+	server := netip.MustParseAddrPort("203.0.113.7:443")
+	for _, dip := range []netip.Addr{dip1, dip2} {
+		ports := map[uint16]bool{}
+		for sport := uint16(40000); sport < 40010; sport++ {
+			f := ananta.FiveTuple{Src: dip, Dst: server.Addr(), SrcPort: sport, DstPort: server.Port(), Proto: ananta.ProtocolTCP}
+			out := d.SendFromVM(dip, anantatest.TCP(f, anantatest.SYN, nil))
+			if out.Verdict != hostagent.ToUplink {
+				t.Fatalf("%v: %v %v", f, out.Verdict, out.Reason)
+			}
+			var p encap.Packet
+			if err := encap.Parse(out.Packet, &p); err != nil {
+				t.Fatal(err)
+			}
+			if p.Tuple.Src != vip || p.Tuple.Dst != server.Addr() || p.Tuple.SrcPort < ananta.FirstSNATPort || ports[p.Tuple.SrcPort] {
+				t.Fatalf("%v left as %v (ports so far %v)", f, p.Tuple, ports)
+			}
+			ports[p.Tuple.SrcPort] = true
+			back := d.Send(anantatest.TCP(p.Tuple.Reverse(), anantatest.SYN|anantatest.ACK, nil))
+			if !back.Delivered() || back.VM != dip || back.DIP != netip.AddrPortFrom(dip, sport) {
+				t.Fatalf("answer to %v: %v, want delivered to %v:%d", p.Tuple, back, dip, sport)
+			}
+		}
+		h, _ := d.HostOf(dip)
+		if s := d.HostAgent(h).Stats(); s.SNATPorts < 64 || s.SNATFlowsActive != 10 {
+			t.Errorf("host %d: %d SNAT ports, %d SNAT flows; want >= 64 and 10", h, s.SNATPorts, s.SNATFlowsActive)
+		}
+	}
+}
+
+// TestConcurrentSend: Send may be called from many goroutines; every flow
+// stays on one backend and the Muxes count every packet.
+func TestConcurrentSend(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	d := deploy(t, 1, 1, anantatest.Options{})
+	const workers, per = 8, 500
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		go func() {
+			tally := d.Open(anantatest.Clients(web, w*per, per))
+			if tally.Moved != 0 || tally.Landed(be1)+tally.Landed(be2) != per {
+				errs <- fmt.Errorf("worker %d: %v, %d moved", w, tally, tally.Moved)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for w := 0; w < workers; w++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	var forwarded uint64
+	for i := 0; i < d.NumMuxes(); i++ {
+		forwarded += d.Mux(i).Stats().Forwarded
+	}
+	if forwarded != 2*workers*per {
+		t.Errorf("Muxes forwarded %d packets, want %d", forwarded, 2*workers*per)
 	}
 }

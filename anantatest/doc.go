@@ -18,7 +18,8 @@
 //     it and why. A Handler, if set, answers as the VM: its reply goes back
 //     through the Host Agent's reverse NAT (Engine.ProcessOutbound) and is
 //     reported as the packet the host sends to the router (Direct Server
-//     Return).
+//     Return). SendFromVM sends as a VM: replies, and outbound connections
+//     that leave from the VIP with a SNAT port leased by the Manager.
 //
 // VIPs are configured through the Manager's API, as in production:
 // SetVIP and DeleteVIP call the VIP service over gRPC and return once every

@@ -376,3 +376,42 @@ func (t Tally) String() string {
 	}
 	return s
 }
+
+// Outbound is what became of a packet a VM sent (SendFromVM).
+type Outbound struct {
+	// Host is the number of the VM's host.
+	Host int
+	// Verdict and Reason are the Host Agent's: ToUplink when it sent the
+	// packet to the router, Drop with a Reason, or Held (no SNAT port
+	// yet; the fabric does not release held packets).
+	Verdict hostagent.Verdict
+	Reason  hostagent.DropReason
+	// Packet is the packet as sent to the router, after NAT (a SNAT flow
+	// leaves from VIP:leased port); nil unless Verdict is ToUplink.
+	Packet []byte
+}
+
+// SendFromVM sends pkt from the VM that holds dip through its Host Agent
+// (Engine.ProcessOutbound): a reply of an inbound flow, or a new outbound
+// connection that takes a SNAT port. pkt is not modified. It fails the test
+// if no host runs dip.
+func (d *Deployment) SendFromVM(dip netip.Addr, pkt []byte) Outbound {
+	d.t.Helper()
+	h, ok := d.dipHost[dip]
+	if !ok {
+		d.t.Fatalf("anantatest: SendFromVM: no host runs %v", dip)
+	}
+	vm := 0
+	for i, a := range d.vmDIP[h] {
+		if a == dip {
+			vm = i
+		}
+	}
+	b := append([]byte(nil), pkt...)
+	r := d.hosts[h].Engine().ProcessOutbound(vm, b, 0, len(b))
+	out := Outbound{Host: h, Verdict: r.Verdict, Reason: r.Reason}
+	if r.Verdict == hostagent.ToUplink {
+		out.Packet = b[r.Start:r.End]
+	}
+	return out
+}
