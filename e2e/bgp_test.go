@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -112,103 +111,19 @@ func runChild(mode string) error {
 }
 
 // bgpProc is a running child.
-type bgpProc struct {
-	name   string
-	stdin  io.WriteCloser
-	lines  chan string
-	pid    int
-	exited chan struct{}
-	mu     sync.Mutex
-	stderr strings.Builder
-}
-
-func (p *bgpProc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.stderr.Write(b)
-}
-
-func (p *bgpProc) errors() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.stderr.String()
-}
+type bgpProc = testutil.Child
 
 func startBGP(t *testing.T, ns *testutil.NetNS, mode string, cfg childConfig) *bgpProc {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	js, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := ns.Command(ctx, exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envChild+"="+mode, envChildConfig+"="+string(js))
-	p := &bgpProc{name: mode + "@" + ns.Name, lines: make(chan string, 16), exited: make(chan struct{})}
-	cmd.Stderr = p
-	if p.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	p.pid = cmd.Process.Pid
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			p.lines <- sc.Text()
-		}
-		close(p.lines)
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = p.stdin.Close()
-		_ = syscall.Kill(p.pid, syscall.SIGCONT)
-		cancel() // SIGKILL
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("%s: child did not exit", p.name)
-		}
-		if t.Failed() {
-			t.Logf("%s stderr:\n%s", p.name, p.errors())
-		}
+	return testutil.StartChild(t, ns, testutil.ChildOptions{
+		Name:    mode + "@" + ns.Name,
+		Env:     []string{envChild + "=" + mode, envChildConfig + "=" + string(js)},
+		Timeout: 20 * time.Second,
 	})
-	if got := p.read(t); got != "ready" {
-		t.Fatalf("%s: start: %q; stderr:\n%s", p.name, got, p.errors())
-	}
-	return p
-}
-
-func (p *bgpProc) read(t *testing.T) string {
-	t.Helper()
-	select {
-	case l, ok := <-p.lines:
-		if !ok {
-			return "<exited>"
-		}
-		return l
-	case <-time.After(20 * time.Second):
-		t.Fatalf("%s: no answer; stderr:\n%s", p.name, p.errors())
-		return ""
-	}
-}
-
-func (p *bgpProc) send(t *testing.T, cmd string) string {
-	t.Helper()
-	if _, err := io.WriteString(p.stdin, cmd+"\n"); err != nil {
-		t.Fatalf("%s: send %q: %v", p.name, cmd, err)
-	}
-	return p.read(t)
 }
 
 // startBGP replaces nothing: call it on a topology built with bgp set. It
@@ -291,7 +206,7 @@ func TestKillMux(t *testing.T) {
 	})
 	start := time.Now()
 	tp.muxes[0].stop()
-	tp.muxes[0].bgp.signal(t, syscall.SIGSTOP)
+	tp.muxes[0].bgp.Signal(t, syscall.SIGSTOP)
 	testutil.WaitFor(t, 10*time.Second, "the router to drop the dead Mux", func() bool { return len(tp.nextHops(t)) == 1 })
 	detect := time.Since(start)
 	close(stop)
@@ -323,13 +238,6 @@ func TestKillMux(t *testing.T) {
 	}
 }
 
-func (p *bgpProc) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := syscall.Kill(p.pid, sig); err != nil {
-		t.Fatalf("%s: kill %v: %v", p.name, sig, err)
-	}
-}
-
 // procAnnouncer is the routing.Announcer a Mux of the test process uses to
 // announce through its namespace's speaker child. The child is set once
 // routing has started; before, and for Close (the child belongs to the
@@ -353,21 +261,14 @@ func (a *procAnnouncer) command(ctx context.Context, line string) error {
 	if a.p == nil {
 		return nil
 	}
-	if _, err := io.WriteString(a.p.stdin, line+"\n"); err != nil {
+	l, err := a.p.Ask(ctx, line)
+	if err != nil {
 		return err
 	}
-	select {
-	case l, ok := <-a.p.lines:
-		if !ok {
-			return fmt.Errorf("%s exited", a.p.name)
-		}
-		if l != "ok" {
-			return fmt.Errorf("%s: %s", a.p.name, l)
-		}
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	if l != "ok" {
+		return fmt.Errorf("%s: %s", a.p.Name(), l)
 	}
+	return nil
 }
 
 func (a *procAnnouncer) Announce(ctx context.Context, r routing.Route) error {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -205,26 +204,9 @@ func runMuxChild(cfg muxChildConfig) error {
 
 // muxProc is a running Mux process.
 type muxProc struct {
-	ns     *testutil.NetNS
-	pid    int
-	stdin  io.WriteCloser
-	lines  chan string
-	exited chan struct{}
-	state  *os.ProcessState // set before exited closes
-	mu     sync.Mutex
-	output strings.Builder // its stderr and non-protocol stdout
-}
-
-func (p *muxProc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.output.Write(b)
-}
-
-func (p *muxProc) log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.output.String()
+	*testutil.Child
+	ns  *testutil.NetNS
+	pid int
 }
 
 // startMuxChild starts a Mux process in ns, in a process group of its own,
@@ -232,88 +214,23 @@ func (p *muxProc) log() string {
 // t.Cleanup if still running.
 func startMuxChild(t *testing.T, ns *testutil.NetNS, cfg muxChildConfig) *muxProc {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	js, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", ns.Name, exe, "-test.run=^TestMuxChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envMuxChild+"="+string(js))
-	// `ip netns exec` execs the test binary: the process keeps the group
-	// and the parent-death signal.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	p := &muxProc{ns: ns, lines: make(chan string, 16), exited: make(chan struct{})}
-	cmd.Stderr = p
-	if p.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.pid = cmd.Process.Pid
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if l, ok := strings.CutPrefix(sc.Text(), muxChildPrefix); ok {
-				p.lines <- l
-			} else {
-				fmt.Fprintln(p, sc.Text())
-			}
-		}
-		close(p.lines)
-		_ = cmd.Wait()
-		p.state = cmd.ProcessState
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			_ = syscall.Kill(-p.pid, syscall.SIGKILL)
-		}
-		_ = p.stdin.Close()
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("mux process %d did not exit", p.pid)
-		}
-		if t.Failed() {
-			t.Logf("mux process output:\n%s", p.log())
-		}
+	c := testutil.StartChild(t, ns, testutil.ChildOptions{
+		Name:   "mux process",
+		Args:   []string{"-test.run=^TestMuxChild$", "-test.count=1"},
+		Env:    []string{envMuxChild + "=" + string(js)},
+		Prefix: muxChildPrefix, Setpgid: true, Pdeathsig: syscall.SIGKILL,
+		ReadyTimeout: 40 * time.Second, Timeout: 40 * time.Second,
 	})
-	if got := p.read(t); got != "ready" {
-		t.Fatalf("mux process: start: %q; output:\n%s", got, p.log())
-	}
-	return p
-}
-
-func (p *muxProc) read(t *testing.T) string {
-	t.Helper()
-	select {
-	case l, ok := <-p.lines:
-		if !ok {
-			return "<exited>"
-		}
-		return l
-	case <-time.After(40 * time.Second):
-		t.Fatalf("mux process: no answer; output:\n%s", p.log())
-		return ""
-	}
+	return &muxProc{Child: c, ns: ns, pid: c.Pid()}
 }
 
 func (p *muxProc) stats(t *testing.T) muxChildStats {
 	t.Helper()
-	if _, err := io.WriteString(p.stdin, "stats\n"); err != nil {
-		t.Fatalf("mux process: %v", err)
-	}
-	l := p.read(t)
+	l := p.Send(t, "stats")
 	js, ok := strings.CutPrefix(l, "stats ")
 	var st muxChildStats
 	if !ok {
@@ -330,20 +247,13 @@ func (p *muxProc) stats(t *testing.T) muxChildStats {
 // sockets.
 func (p *muxProc) kill(t *testing.T) {
 	t.Helper()
-	if err := syscall.Kill(-p.pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill -9 -%d: %v", p.pid, err)
-	}
+	p.Kill(t)
 }
 
 // wait waits (at most 10 s) for the process to end and returns its status.
 func (p *muxProc) wait(t *testing.T) syscall.WaitStatus {
 	t.Helper()
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("mux process %d did not exit", p.pid)
-	}
-	return p.state.Sys().(syscall.WaitStatus)
+	return p.Wait(t, 10*time.Second).Sys().(syscall.WaitStatus)
 }
 
 // nsPids lists the processes left in the process's namespace.

@@ -16,15 +16,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/ananta-go/ananta/internal/testutil"
 	"github.com/ananta-go/ananta/routing"
@@ -139,32 +135,7 @@ func child(mode string) error {
 }
 
 // Proc is a running child.
-type Proc struct {
-	t      testing.TB
-	name   string
-	stdin  io.WriteCloser
-	lines  chan string
-	pid    int
-	exited chan struct{}
-	stderr *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type Proc = testutil.Child
 
 // StartSpeaker starts a child Speaker in ns that announces routes, and
 // waits until it is ready.
@@ -181,93 +152,14 @@ func StartRouter(t testing.TB, ns *testutil.NetNS, cfg router.Config) *Proc {
 
 func start(t testing.TB, ns *testutil.NetNS, mode string, cfg childConfig) *Proc {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	js, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := ns.Command(ctx, exe, "-test.run=^$")
 	// Plain TCP listeners: Go's default MPTCP listeners refuse TCP MD5
 	// keys (see gobgp.ErrMD5MPTCP).
-	cmd.Env = append(os.Environ(), envMode+"="+mode, envConfig+"="+string(js), "GODEBUG=multipathtcp=0")
-	p := &Proc{t: t, name: mode + "@" + ns.Name, lines: make(chan string, 16), exited: make(chan struct{}), stderr: &syncBuffer{}}
-	cmd.Stderr = p.stderr
-	p.stdin, err = cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	p.pid = cmd.Process.Pid
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			p.lines <- sc.Text()
-		}
-		close(p.lines)
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = p.stdin.Close()
-		_ = syscall.Kill(p.pid, syscall.SIGCONT)
-		cancel() // SIGKILL
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("%s: child did not exit", p.name)
-		}
-		if t.Failed() {
-			t.Logf("%s stderr:\n%s", p.name, p.stderr.String())
-		}
+	return testutil.StartChild(t, ns, testutil.ChildOptions{
+		Name: mode + "@" + ns.Name,
+		Env:  []string{envMode + "=" + mode, envConfig + "=" + string(js), "GODEBUG=multipathtcp=0"},
 	})
-	if got := p.read(t, 20*time.Second); got != "ready" {
-		t.Fatalf("%s: start: %q; stderr:\n%s", p.name, got, p.stderr.String())
-	}
-	return p
 }
-
-func (p *Proc) read(t testing.TB, timeout time.Duration) string {
-	t.Helper()
-	select {
-	case l, ok := <-p.lines:
-		if !ok {
-			return "<exited>"
-		}
-		return l
-	case <-time.After(timeout):
-		t.Fatalf("%s: no answer within %s; stderr:\n%s", p.name, timeout, p.stderr.String())
-		return ""
-	}
-}
-
-// Send writes one command and returns the answer line (10 s deadline).
-func (p *Proc) Send(t testing.TB, cmd string) string {
-	t.Helper()
-	if _, err := io.WriteString(p.stdin, cmd+"\n"); err != nil {
-		t.Fatalf("%s: send %q: %v", p.name, cmd, err)
-	}
-	return p.read(t, 10*time.Second)
-}
-
-// Signal sends sig to the child (SIGSTOP freezes it without closing its
-// sockets: its peers see silence, as from a hung machine).
-func (p *Proc) Signal(t testing.TB, sig syscall.Signal) {
-	t.Helper()
-	if err := syscall.Kill(p.pid, sig); err != nil {
-		t.Fatalf("%s: kill %v: %v", p.name, sig, err)
-	}
-}
-
-// Exited is closed when the child has exited.
-func (p *Proc) Exited() <-chan struct{} { return p.exited }
