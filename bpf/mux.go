@@ -267,10 +267,6 @@ func addrKey(a netip.Addr) [2]uint64 {
 	return [2]uint64{binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[8:])}
 }
 
-func memberKey(dip netip.Addr, port uint16) []byte {
-	return binary.BigEndian.AppendUint16(dip.AsSlice(), port)
-}
-
 // hashForSlot returns the smallest flow hash that hashring.Table.Lookup
 // maps to entry slot of a table of size n: ceil(slot * 2^64 / n).
 func hashForSlot(slot, n uint64) uint64 {
@@ -399,11 +395,11 @@ func (m *Mux) program(vs *vipState) error {
 				return fmt.Errorf("bpf: write backend: %w", err)
 			}
 			if state == ananta.BackendActive && b.Weight > 0 {
-				members = append(members, hashring.Member{Key: memberKey(b.DIP, b.Port), Weight: b.Weight})
+				members = append(members, mux.MaglevMember(b))
 				slots = append(slots, s)
 			}
 		}
-		if !es.built || !membersEqual(es.members, members) || !slices.Equal(es.slots, slots) {
+		if !es.built || !hashring.EqualMembers(es.members, members) || !slices.Equal(es.slots, slots) {
 			if err := m.writeRing(es.ring, members, slots); err != nil {
 				return err
 			}
@@ -445,12 +441,6 @@ func (m *Mux) program(vs *vipState) error {
 		}
 	}
 	return nil
-}
-
-func membersEqual(a, b []hashring.Member) bool {
-	return slices.EqualFunc(a, b, func(x, y hashring.Member) bool {
-		return x.Weight == y.Weight && string(x.Key) == string(y.Key)
-	})
 }
 
 // writeRing builds the Maglev table of members (as the Go engine does),

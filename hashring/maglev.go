@@ -398,3 +398,12 @@ func Changed(a, b *Table) (int, error) {
 	}
 	return changed, nil
 }
+
+// EqualMembers reports whether two member lists are the same, in the same
+// order: equal keys and weights. Callers use it to keep a table when a
+// configuration change leaves its members as they were.
+func EqualMembers(a, b []Member) bool {
+	return slices.EqualFunc(a, b, func(x, y Member) bool {
+		return x.Weight == y.Weight && string(x.Key) == string(y.Key)
+	})
+}

@@ -556,3 +556,20 @@ func TestConcurrentLookup(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestEqualMembers(t *testing.T) {
+	a := []Member{{Key: []byte("a"), Weight: 1}, {Key: []byte("b"), Weight: 2}}
+	if !EqualMembers(a, []Member{{Key: []byte("a"), Weight: 1}, {Key: []byte("b"), Weight: 2}}) {
+		t.Error("equal lists reported different")
+	}
+	for _, b := range [][]Member{
+		{{Key: []byte("a"), Weight: 1}},
+		{{Key: []byte("a"), Weight: 1}, {Key: []byte("b"), Weight: 3}},
+		{{Key: []byte("a"), Weight: 1}, {Key: []byte("c"), Weight: 2}},
+		{{Key: []byte("b"), Weight: 2}, {Key: []byte("a"), Weight: 1}},
+	} {
+		if EqualMembers(a, b) {
+			t.Errorf("EqualMembers(%v, %v) = true", a, b)
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package mux
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -318,10 +317,12 @@ func (m *Mux) SetBackendState(vip, dip netip.Addr, port uint16, state ananta.Bac
 	return nil
 }
 
-// memberKey is a backend's Maglev member key: the DIP's bytes (4 or 16)
-// followed by the port, big-endian. Every Mux derives the same key.
-func memberKey(dip netip.Addr, port uint16) []byte {
-	return binary.BigEndian.AppendUint16(dip.AsSlice(), port)
+// MaglevMember returns a backend's member of its endpoint's Maglev table:
+// the key is the DIP's bytes (4 or 16) followed by the port, big-endian,
+// and the weight is the backend's. Every engine that must choose as the Go
+// Mux does (the eBPF loader) builds its tables from this.
+func MaglevMember(b ananta.Backend) hashring.Member {
+	return hashring.Member{Key: binary.BigEndian.AppendUint16(b.DIP.AsSlice(), b.Port), Weight: b.Weight}
 }
 
 // rebuild builds vc's entry for a new snapshot from vc.cfg, vc.health and
@@ -349,12 +350,12 @@ func (m *Mux) rebuild(vc *vipCtl) error {
 				newSlots++
 			}
 			if max(b.State, vc.health[b.Key()]) == ananta.BackendActive && b.Weight > 0 {
-				p.members = append(p.members, hashring.Member{Key: memberKey(b.DIP, b.Port), Weight: b.Weight})
+				p.members = append(p.members, MaglevMember(b))
 				p.usable = append(p.usable, j)
 			}
 		}
 		pk := portKey(ec.Protocol, ec.Port)
-		if c := vc.tables[pk]; c != nil && membersEqual(c.members, p.members) {
+		if c := vc.tables[pk]; c != nil && hashring.EqualMembers(c.members, p.members) {
 			p.table = c.table
 			continue
 		}
@@ -452,12 +453,6 @@ func (m *Mux) rebuild(vc *vipCtl) error {
 	vc.tables = tables
 	vc.entry = ve
 	return nil
-}
-
-func membersEqual(a, b []hashring.Member) bool {
-	return slices.EqualFunc(a, b, func(x, y hashring.Member) bool {
-		return x.Weight == y.Weight && bytes.Equal(x.Key, y.Key)
-	})
 }
 
 // publish builds the next snapshot from the control state and m.changes
