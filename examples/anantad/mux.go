@@ -209,4 +209,3 @@ func runMux(cfg MuxConfig, stderr io.Writer) (err error) {
 	lg.Info("mux stopped")
 	return nil
 }
-
