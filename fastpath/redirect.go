@@ -63,7 +63,8 @@ type Redirect struct {
 	// family (which may differ from the inner one).
 	Src, Dst End
 	// KeyID names the key the message is signed with. Keyring.AppendSigned
-	// sets it to the current key's ID.
+	// encodes the current key's ID whatever KeyID holds; Decode and
+	// Verifier.Verify fill it in from the message.
 	KeyID uint32
 	// Timestamp is when the Mux issued the redirect.
 	Timestamp time.Time

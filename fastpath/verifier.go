@@ -30,7 +30,8 @@ type VerifierConfig struct {
 	Window time.Duration
 	// MaxNonces bounds the replay cache. Zero means DefaultMaxNonces. When
 	// this many nonces are live the Verifier refuses new messages with
-	// ErrReplayCacheFull. About 100 bytes each.
+	// ErrReplayCacheFull: the connection then stays on the Muxes, which is
+	// slower but correct. A nonce costs a few tens of bytes.
 	MaxNonces int
 }
 
@@ -176,10 +177,12 @@ func (v *Verifier) remember(nonce [NonceSize]byte, ts, now int64) error {
 		return ErrReplayCacheFull
 	}
 	if b.idx != idx {
-		// The slot's bucket is at least len(buckets) widths away from
-		// idx, while every timestamp Verify accepts lies within
-		// 2*window+width of another: it holds nothing that can still be
-		// replayed. A fresh map returns the old one's memory.
+		// The slot holds another bucket, at least len(buckets) indexes
+		// from idx. The timestamps Verify accepts at this now span at
+		// most 2*replayBuckets+1 indexes around idx, so that bucket
+		// holds nothing that can still pass the time checks (unless
+		// the caller's clock has gone back by more than a window). A
+		// fresh map returns the old one's memory.
 		v.live -= len(b.nonces)
 		b.idx, b.nonces = idx, make(map[[NonceSize]byte]struct{})
 	}
