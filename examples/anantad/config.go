@@ -324,3 +324,112 @@ func decodeYAML(b []byte, v any) error {
 	}
 	return nil
 }
+
+// HostAgentConfig configures `anantad hostagent`.
+type HostAgentConfig struct {
+	Common `yaml:",inline"`
+	// ID names the Host Agent among the Manager's agents; default the host
+	// name.
+	ID string `yaml:"id"`
+	// Interface is the uplink towards the router; NextHop the router's MAC
+	// on it, or Router its address looked up in the neighbour table.
+	Interface string `yaml:"interface"`
+	NextHop   string `yaml:"next_hop"`
+	Router    string `yaml:"router"`
+	// HostAddrs are the host's addresses (the tunnels' outer destinations).
+	HostAddrs []string `yaml:"host_addrs"`
+	// MuxPrefixes are the outer sources tunnel packets are accepted from.
+	MuxPrefixes []string `yaml:"mux_prefixes"`
+	// MaxFlows bounds the connection table; 0 means the default.
+	MaxFlows int `yaml:"max_flows"`
+	// Managers are the Manager replicas' gRPC addresses.
+	Managers []string `yaml:"managers"`
+	// VMs are the local VMs.
+	VMs []VMConfig `yaml:"vms"`
+}
+
+// VMConfig is one local VM.
+type VMConfig struct {
+	Name string   `yaml:"name"`
+	DIPs []string `yaml:"dips"`
+	// TUN is the device created in NetNS (a path such as
+	// /var/run/netns/vm1; "" is the agent's own namespace).
+	TUN   string `yaml:"tun"`
+	NetNS string `yaml:"netns"`
+	// Setup assigns the DIPs to the TUN device, brings it up and routes
+	// everything through it (the VM's default route).
+	Setup bool `yaml:"setup"`
+}
+
+// Validate checks the configuration; its errors name the field.
+func (c HostAgentConfig) Validate() error {
+	if err := c.Common.validate(); err != nil {
+		return err
+	}
+	if c.Interface == "" {
+		return errors.New("interface: required")
+	}
+	switch {
+	case c.NextHop != "" && c.Router != "":
+		return errors.New("next_hop: not allowed with router")
+	case c.NextHop != "":
+		if _, err := net.ParseMAC(c.NextHop); err != nil {
+			return fmt.Errorf("next_hop: %w", err)
+		}
+	case c.Router != "":
+		if _, err := netip.ParseAddr(c.Router); err != nil {
+			return fmt.Errorf("router: %w", err)
+		}
+	default:
+		return errors.New("next_hop: required (or router)")
+	}
+	if len(c.HostAddrs) == 0 {
+		return errors.New("host_addrs: required")
+	}
+	for i, a := range c.HostAddrs {
+		if _, err := netip.ParseAddr(a); err != nil {
+			return fmt.Errorf("host_addrs[%d]: %q is not an address", i, a)
+		}
+	}
+	if len(c.MuxPrefixes) == 0 {
+		return errors.New("mux_prefixes: required")
+	}
+	for i, p := range c.MuxPrefixes {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return fmt.Errorf("mux_prefixes[%d]: %q is not a prefix", i, p)
+		}
+	}
+	if c.MaxFlows < 0 {
+		return fmt.Errorf("max_flows: %d < 0", c.MaxFlows)
+	}
+	if len(c.Managers) == 0 {
+		return errors.New("managers: required")
+	}
+	for i, a := range c.Managers {
+		if err := checkHostPort(a); err != nil {
+			return fmt.Errorf("managers[%d]: %w", i, err)
+		}
+	}
+	names := make(map[string]bool)
+	for i, vm := range c.VMs {
+		if vm.Name == "" {
+			return fmt.Errorf("vms[%d].name: required", i)
+		}
+		if names[vm.Name] {
+			return fmt.Errorf("vms[%d].name: duplicate %q", i, vm.Name)
+		}
+		names[vm.Name] = true
+		if len(vm.DIPs) == 0 {
+			return fmt.Errorf("vms[%d].dips: required", i)
+		}
+		for j, d := range vm.DIPs {
+			if _, err := netip.ParseAddr(d); err != nil {
+				return fmt.Errorf("vms[%d].dips[%d]: %q is not an address", i, j, d)
+			}
+		}
+		if vm.TUN == "" || len(vm.TUN) > 15 {
+			return fmt.Errorf("vms[%d].tun: %q must be 1 to 15 characters", i, vm.TUN)
+		}
+	}
+	return nil
+}

@@ -153,7 +153,54 @@ func TestFlagsOverrideFile(t *testing.T) {
 		t.Errorf("missing file: exit %d, output %q", code, out.String())
 	}
 	out.Reset()
-	if code := run([]string{"hostagent"}, &out); code != 2 {
+	if code := run([]string{"bogus"}, &out); code != 2 {
 		t.Errorf("unknown subcommand: exit %d, output %q", code, out.String())
+	}
+}
+
+func TestHostAgentConfigFile(t *testing.T) {
+	var c HostAgentConfig
+	if err := loadYAML("testdata/hostagent.yaml", &c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.VMs) != 2 || !c.VMs[0].Setup || len(c.VMs[1].DIPs) != 2 || c.VMs[0].NetNS != "/var/run/netns/vm1" {
+		t.Errorf("decoded %+v", c)
+	}
+	if err := c.engineConfig().Validate(); err != nil {
+		t.Errorf("hostagent.EngineConfig: %v", err)
+	}
+	if vms := c.vmConfigs(); len(vms) != 2 || vms[1].DIPs[1].String() != "198.19.1.3" {
+		t.Errorf("VMs %+v", vms)
+	}
+}
+
+func TestHostAgentConfigErrors(t *testing.T) {
+	validate := func(b []byte) error {
+		var c HostAgentConfig
+		if err := decodeYAML(b, &c); err != nil {
+			return err
+		}
+		return c.Validate()
+	}
+	for _, tc := range []struct{ name, edit, want string }{
+		{"good", "", ""},
+		{"unknown key", "max_flows: 100000=>flows: 100000", "field flows not found"},
+		{"unknown vm key", "tun: hat-vm2=>tap: hat-vm2", "field tap not found"},
+		{"bad host addr", "host_addrs: [198.18.1.2]=>host_addrs: [198.18.1]", "host_addrs[0]:"},
+		{"bad mux prefix", "mux_prefixes: [198.18.0.0/24]=>mux_prefixes: [198.18.0.0/40]", "mux_prefixes[0]:"},
+		{"router", "next_hop: 02:00:c6:12:00:01=>router: 198.18.1.1", ""},
+		{"bad router", "next_hop: 02:00:c6:12:00:01=>router: 198.18.1.", "router:"},
+		{"bad manager", "managers: [198.18.0.1:7000]=>managers: [198.18.0.1]", "managers[0]:"},
+		{"bad dip", "198.19.1.3]=>198.19.1.333]", "vms[1].dips[1]:"},
+		{"duplicate vm", "name: vm2=>name: vm1", "vms[1].name: duplicate"},
+		{"long tun", "tun: hat-vm1=>tun: a-very-long-tun-name", "vms[0].tun:"},
+		{"no uplink", "interface: eth0=>interface: \"\"", "interface:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkConfig(t, "testdata/hostagent.yaml", tc.edit, tc.want, validate)
+		})
 	}
 }

@@ -1,11 +1,11 @@
 // Command anantad runs the daemons of an Ananta deployment, one role per
-// process: a Manager replica or a Mux. (The Host Agent role is not
-// implemented yet.)
+// process: a Manager replica, a Mux or a Host Agent.
 //
 // Usage:
 //
 //	anantad manager [--config FILE] [--single] [--listen ADDR] [--replica-id N] [--data-dir DIR] [--shards N] [COMMON]
 //	anantad mux [--config FILE] [--id ID] [--interface IF] [--next-hop MAC | --next-hop-ip IP] [--addr4 IP] [--managers A,B,C] [--flow-table-bytes N] [COMMON]
+//	anantad hostagent [--config FILE] [--id ID] [--interface IF] [--next-hop MAC | --router IP] [--host-addrs A,B] [--mux-prefixes P,Q] [--managers A,B,C] [COMMON]
 //
 // COMMON flags:
 //
@@ -23,7 +23,8 @@
 // the Manager stops serving and closes its consensus node; the Mux drains
 // (withdraws its VIPs, keeps forwarding until it has seen no VIP traffic for
 // drain_settle, at most drain_timeout), then stops its data path, its Watch
-// client and its BGP speaker.
+// client and its BGP speaker; the Host Agent stops its Watch client and
+// data path and closes its uplink and VM ports.
 //
 // # manager
 //
@@ -77,7 +78,33 @@
 //	    - {address: 198.18.0.1, asn: 65000, hold_time: 9s}
 //	metrics: 198.18.0.2:9100
 //
+// # hostagent
+//
+// A Host Agent (package hostagent) on the uplink interface (AF_PACKET,
+// offloads turned off), sending to the router's MAC next_hop (or the MAC
+// the neighbour table holds for router). It accepts tunnel packets to
+// host_addrs from mux_prefixes, creates a TUN device per VM in the VM's
+// network namespace (netns, a path; "" is the agent's own) and, with
+// setup, gives it the VM's DIPs and makes it the VM's default route. It
+// follows the Managers' configuration through a Watch client (kind
+// host-agent, ID id), leases SNAT ports from them (agent.SNATClient) and
+// reports backend health to them (agent.HealthClient).
+//
+//	id: host-1
+//	interface: eth0
+//	next_hop: 02:00:c6:12:00:01   # or router: 198.18.1.1
+//	host_addrs: [198.18.1.2]
+//	mux_prefixes: [198.18.0.0/24]
+//	max_flows: 1000000
+//	managers: [198.18.0.1:7000, 198.18.0.2:7000, 198.18.0.3:7000]
+//	vms:
+//	  - {name: vm1, dips: [198.19.1.1], tun: hat-vm1, netns: /var/run/netns/vm1, setup: true}
+//	  - {name: vm2, dips: [198.19.1.2], tun: hat-vm2, netns: /var/run/netns/vm2}
+//	metrics: 198.18.1.2:9100
+//
 // The Mux needs CAP_NET_RAW (AF_PACKET) and, to announce, a reachable BGP
 // peer. Its metrics are the Mux's collector (mux.Mux) with Go and process
-// metrics; the Manager's are manager.Manager's.
+// metrics; the Manager's are manager.Manager's, the Host Agent's
+// hostagent.HostAgent's. The Host Agent needs CAP_NET_ADMIN and
+// CAP_NET_RAW.
 package main

@@ -29,7 +29,7 @@ var errUsage = errors.New("usage")
 
 func run(args []string, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: anantad manager|mux [--config FILE] [flags]")
+		fmt.Fprintln(stderr, "usage: anantad manager|mux|hostagent [--config FILE] [flags]")
 		return 2
 	}
 	var err error
@@ -38,11 +38,13 @@ func run(args []string, stderr io.Writer) int {
 		err = runManagerCmd(args[1:], stderr)
 	case "mux":
 		err = runMuxCmd(args[1:], stderr)
+	case "hostagent":
+		err = runHostAgentCmd(args[1:], stderr)
 	case "-h", "--help", "help":
-		fmt.Fprintln(stderr, "usage: anantad manager|mux [--config FILE] [flags]")
+		fmt.Fprintln(stderr, "usage: anantad manager|mux|hostagent [--config FILE] [flags]")
 		return 0
 	default:
-		fmt.Fprintf(stderr, "anantad: unknown subcommand %q (manager, mux)\n", args[0])
+		fmt.Fprintf(stderr, "anantad: unknown subcommand %q (manager, mux, hostagent)\n", args[0])
 		return 2
 	}
 	if errors.Is(err, flag.ErrHelp) {
