@@ -76,6 +76,10 @@ type ManagerConfig struct {
 	RTTMillisecond uint64 `yaml:"rtt_millisecond"`
 	// SpreadLeaders keeps shard leaders spread over the replicas.
 	SpreadLeaders bool `yaml:"spread_leaders"`
+	// Lightweight runs Dragonboat with a small footprint (tests, many
+	// replicas on one machine); a replica must keep the value it was
+	// first started with.
+	Lightweight bool `yaml:"lightweight"`
 }
 
 // ManagerPeer is one replica of the Manager.

@@ -39,6 +39,7 @@
 //	shards: 4            # default 4; the same on every replica, for ever
 //	rtt_millisecond: 100 # Raft tick
 //	spread_leaders: true
+//	lightweight: false   # small Dragonboat footprint (tests); keep it across restarts
 //	raft_listen: ""      # default: this replica's raft address
 //	peers:
 //	  - {id: 1, raft: 198.18.0.1:7100, grpc: 198.18.0.1:7000}

@@ -70,7 +70,7 @@ func runManager(cfg ManagerConfig, stderr io.Writer) error {
 		dbc := dragonboat.Config{
 			ReplicaID: cfg.ReplicaID, Members: members, Shards: shards,
 			DataDir: filepath.Clean(cfg.DataDir), ListenAddress: cfg.RaftListen,
-			RTTMillisecond: cfg.RTTMillisecond, SpreadLeaders: cfg.SpreadLeaders,
+			RTTMillisecond: cfg.RTTMillisecond, SpreadLeaders: cfg.SpreadLeaders, Lightweight: cfg.Lightweight,
 		}
 		if err := dbc.Validate(); err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -188,4 +190,75 @@ func TestManagerProcess(t *testing.T) {
 	}
 
 	d.stop(t, 10*time.Second)
+}
+
+// TestReplicatedManagerProcesses runs three `anantad manager` replicas on
+// Dragonboat from YAML files (loopback, data in a temporary directory):
+// each answers ListVIPs, a VIP created through one is listed by another,
+// and all exit 0 on SIGTERM.
+func TestReplicatedManagerProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three Raft replicas")
+	}
+	bin := binary(t)
+	const n = 3
+	var ls []net.Listener
+	var addrs []string
+	for range 2 * n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close() // the replicas bind these ports next
+	}
+	var peers strings.Builder
+	for i := range n {
+		fmt.Fprintf(&peers, "  - {id: %d, raft: %s, grpc: %s}\n", i+1, addrs[2*i], addrs[2*i+1])
+	}
+	dir := t.TempDir()
+	var ds []*daemon
+	for i := range n {
+		cfg := filepath.Join(dir, fmt.Sprintf("manager-%d.yaml", i+1))
+		y := fmt.Sprintf("listen: %s\nreplica_id: %d\ndata_dir: %s\nshards: 2\nrtt_millisecond: 10\nlightweight: true\nlog_format: json\npeers:\n%s",
+			addrs[2*i+1], i+1, filepath.Join(dir, fmt.Sprint("raft-", i+1)), peers.String())
+		if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, startDaemon(t, exec.Command(bin, "manager", "--config", cfg)))
+	}
+	for _, d := range ds {
+		d.await(t, "manager serving", 30*time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := func(i int) api.VIPServiceClient {
+		conn, err := grpc.NewClient(addrs[2*i+1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return api.NewVIPServiceClient(conn)
+	}
+	if _, err := client(0).CreateVIP(ctx, &api.CreateVIPRequest{Config: &api.VIPConfig{
+		Vip: "198.19.0.10", Tenant: "anantad-test",
+		Endpoints: []*api.Endpoint{{Protocol: api.Protocol_PROTOCOL_TCP, Port: 80, Backends: []*api.Backend{{Dip: "198.18.5.1", Port: 8080, Host: "198.18.0.3", Weight: 1}}}},
+	}}); err != nil {
+		t.Fatalf("CreateVIP through replica 1: %v", err)
+	}
+	for i := range n {
+		r, err := client(i).ListVIPs(ctx, &api.ListVIPsRequest{})
+		if err != nil {
+			t.Fatalf("ListVIPs through replica %d: %v", i+1, err)
+		}
+		if len(r.GetVips()) != 1 || r.GetVips()[0].GetConfig().GetVip() != "198.19.0.10" {
+			t.Errorf("ListVIPs through replica %d: %v", i+1, r)
+		}
+	}
+	for _, d := range ds {
+		d.stop(t, 20*time.Second)
+	}
 }
